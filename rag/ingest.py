@@ -1,0 +1,283 @@
+"""Ingestion: files -> articles -> aligned passages -> vectors + keyword postings.
+
+Streaming and incremental: files are read lazily and processed in bounded
+batches; a file whose content hash is already indexed costs one hash and no
+embedding. Each batch is written in three steps — mark ``pending`` in the
+manifest, upsert vectors into Chroma (deterministic IDs, so a repeat is
+harmless), then write postings and mark ``done`` in one SQLite transaction —
+so a run killed anywhere is finished by the next run with nothing lost or
+duplicated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rag.chunk import chunk_article, flatten, split_units
+from rag.embed import Embedder
+from rag.errors import ParseError, StoreError
+from rag.keyword import KeywordIndex
+from rag.parse import parse_text, read_text
+from rag.store import VectorStore
+from rag.types import Article, Passage
+
+ARTICLE_SUFFIXES = (".txt", ".md")
+BATCH_PASSAGES = 256
+
+
+@dataclass
+class IngestReport:
+    """What an ingest run did; printed by the CLI and returned to callers."""
+
+    files: int = 0
+    articles_added: int = 0
+    articles_replaced: int = 0
+    unchanged: int = 0
+    passages: int = 0
+    removed: int = 0
+    recovered: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: dict[str, float] = field(
+        default_factory=lambda: {"read": 0.0, "parse": 0.0, "embed": 0.0, "align": 0.0, "store": 0.0, "keyword": 0.0}
+    )
+
+    @property
+    def articles(self) -> int:
+        return self.articles_added + self.articles_replaced
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "files": self.files,
+            "articles": self.articles,
+            "articles_added": self.articles_added,
+            "articles_replaced": self.articles_replaced,
+            "unchanged": self.unchanged,
+            "passages": self.passages,
+            "removed": self.removed,
+            "recovered": self.recovered,
+            "skipped": len(self.skipped),
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+        }
+
+
+@dataclass
+class _Pending:
+    article: Article
+    en: list[list[str]]
+    zh: list[list[str]]
+    replaces: bool = False
+
+    @property
+    def texts(self) -> list[str]:
+        return flatten(self.en) + flatten(self.zh)
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.en)) + sum(map(len, self.zh))
+
+
+def iter_files(paths: Sequence[str | Path], skipped: list[tuple[str, str]]) -> Iterator[Path]:
+    """Files named directly, and article files (.txt/.md) under folders, in a stable order.
+
+    Symlink loops and unreadable folders are reported, not followed forever.
+    """
+    seen_dirs: set[tuple[int, int]] = set()
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            skipped.append((str(p), "no such file or folder" + (" (broken symlink)" if p.is_symlink() else "")))
+            continue
+        if p.is_file():
+            yield p
+            continue
+        if not p.is_dir():
+            skipped.append((str(p), "not a regular file or folder"))
+            continue
+        for root, dirs, files in os.walk(p, followlinks=True, onerror=lambda e: skipped.append((str(e.filename), f"unreadable folder ({e.strerror})"))):
+            st = os.stat(root)
+            ident = (st.st_dev, st.st_ino)
+            if ident in seen_dirs:
+                skipped.append((root, "symlink loop (folder already visited)"))
+                dirs[:] = []
+                continue
+            seen_dirs.add(ident)
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                if name.startswith(".") or not name.endswith(ARTICLE_SUFFIXES):
+                    continue
+                yield Path(root) / name
+
+
+class Ingestor:
+    """Runs ingestion against injected components (so tests pass small real ones)."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        store: VectorStore,
+        index: KeywordIndex,
+        batch_passages: int = BATCH_PASSAGES,
+    ) -> None:
+        self.embedder = embedder
+        self.store = store
+        self.index = index
+        self.batch_passages = batch_passages
+
+    # ------------------------------------------------------------------------
+    def recover(self, report: IngestReport | None = None) -> int:
+        """Undo articles a killed run left half-written; they are re-ingested later."""
+        n = 0
+        for state in self.index.unfinished():
+            self.store.delete_article(state.article_id)
+            self.index.delete_article(state.article_id)
+            n += 1
+        if report is not None:
+            report.recovered += n
+        return n
+
+    def ingest(
+        self,
+        paths: Sequence[str | Path],
+        prune: bool = False,
+        progress: Callable[[Iterable[Path], int], Iterable[Path]] | None = None,
+    ) -> IngestReport:
+        report = IngestReport()
+        self.recover(report)
+        files = list(iter_files(paths, report.skipped))
+        report.files = len(files)
+        iterable: Iterable[Path] = progress(files, len(files)) if progress else files
+        batch: list[_Pending] = []
+        batch_size = 0
+        seen_ids: dict[str, str] = {}
+        for path in iterable:
+            item = self._prepare(path, report, seen_ids)
+            if item is None:
+                continue
+            batch.append(item)
+            batch_size += item.size
+            if batch_size >= self.batch_passages:
+                self._flush(batch, report)
+                batch, batch_size = [], 0
+        if batch:
+            self._flush(batch, report)
+        if prune:
+            report.removed += self.prune(paths)
+        return report
+
+    def _prepare(self, path: Path, report: IngestReport, seen_ids: dict[str, str]) -> _Pending | None:
+        source = str(path.resolve()) if not path.is_symlink() else str(path.absolute())
+        t0 = time.perf_counter()
+        try:
+            text, data = read_text(path)
+        except ParseError as exc:
+            report.skipped.append((str(path), exc.reason))
+            return None
+        content_hash = hashlib.sha256(data).hexdigest()
+        report.seconds["read"] += time.perf_counter() - t0
+        known = self.index.source_state(source)
+        if known and known[0] == content_hash:
+            state = self.index.article_state(known[1])
+            if state and state.status == "done":
+                report.unchanged += 1
+                return None
+        t0 = time.perf_counter()
+        try:
+            article = parse_text(text, source_path=source, content_hash=content_hash)
+        except ParseError as exc:
+            report.skipped.append((str(path), exc.reason))
+            return None
+        finally:
+            report.seconds["parse"] += time.perf_counter() - t0
+        if article.article_id in seen_ids:
+            report.skipped.append((str(path), f"duplicate of {seen_ids[article.article_id]} (same article)"))
+            return None
+        seen_ids[article.article_id] = str(path)
+        existing = self.index.article_state(article.article_id)
+        if existing and existing.status == "done":
+            others = [s for s in self.index.sources_of(article.article_id) if s != source]
+            self.index.record_source(source, content_hash, article.article_id)
+            if others and existing.content_hash == content_hash:
+                report.skipped.append((str(path), f"duplicate of {others[0]} (same article)"))
+                return None
+            if existing.content_hash == content_hash:
+                report.unchanged += 1
+                return None
+        replaces = bool(existing)
+        if known and known[1] != article.article_id:
+            # The file now holds a different article: drop the old one unless another file has it.
+            self.index.forget_source(source)
+            if not self.index.sources_of(known[1]):
+                self._delete(known[1])
+                replaces = True
+        en, zh = split_units(article.body_en, "en"), split_units(article.body_zh, "zh")
+        return _Pending(article, en, zh, replaces)
+
+    def _delete(self, article_id: str) -> None:
+        self.index.mark(article_id, "", "deleting")
+        self.store.delete_article(article_id)
+        self.index.delete_article(article_id)
+
+    def _flush(self, batch: list[_Pending], report: IngestReport) -> None:
+        texts = [t for item in batch for t in item.texts]
+        t0 = time.perf_counter()
+        vecs = self.embedder.embed(texts) if texts else np.zeros((0, 1), dtype=np.float32)
+        report.seconds["embed"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        passages: list[Passage] = []
+        rows: list[np.ndarray] = []
+        per_article: list[tuple[str, list[Passage], list[tuple[str, str]]]] = []
+        offset = 0
+        for item in batch:
+            item_vecs = vecs[offset : offset + item.size]
+            offset += item.size
+            ps = chunk_article(item.article, item_vecs)
+            passages.extend(ps)
+            rows.append(item_vecs)  # chunk_article keeps the order: English pieces, then Chinese
+            a = item.article
+            per_article.append((a.article_id, ps, [(a.source_path, a.content_hash)]))
+        matrix = np.concatenate(rows) if rows else np.zeros((0, 1), dtype=np.float32)
+        report.seconds["align"] += time.perf_counter() - t0
+
+        self.index.mark_many(
+            [(i.article.article_id, i.article.content_hash, i.article.title, i.article.date.isoformat()) for i in batch],
+            "pending",
+        )
+        t0 = time.perf_counter()
+        for item in batch:
+            if item.replaces:  # a new version may have fewer passages: clear the old vectors
+                self.store.delete_article(item.article.article_id)
+        if passages:
+            self.store.add(passages, matrix)
+        report.seconds["store"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.index.commit_articles(per_article)
+        report.seconds["keyword"] += time.perf_counter() - t0
+        report.articles_replaced += sum(1 for i in batch if i.replaces)
+        report.articles_added += sum(1 for i in batch if not i.replaces)
+        report.passages += len(passages)
+
+    def prune(self, roots: Sequence[str | Path]) -> int:
+        """Forget sources under ``roots`` that no longer exist; drop orphaned articles."""
+        prefixes = [str(Path(r).resolve()) for r in roots]
+        removed = 0
+        for path, article_id in self.index.all_sources():
+            if not any(path == p or path.startswith(p.rstrip(os.sep) + os.sep) for p in prefixes):
+                continue
+            if os.path.exists(path):
+                continue
+            self.index.forget_source(path)
+            if not self.index.sources_of(article_id):
+                try:
+                    self._delete(article_id)
+                except StoreError:
+                    raise
+                removed += 1
+        return removed
