@@ -9,6 +9,7 @@ original is kept beside it).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -26,8 +27,17 @@ NOTHING_FOUND = {
     "en": "The archive does not say: no article matches this question and filters.",
     "zh": "档案中没有相关记载：没有符合该问题和筛选条件的文章。",
 }
+_META_INTENT = {
+    "en": re.compile(
+        r"\b(who (wrote|authored|reported|wrote up)|author|byline|reporter of|(which|what) page|page number"
+        r"|(what|which) (date|day)\b.*\b(publish|print|run|appear)|when was\b.*\b(published|printed|run)"
+        r"|(which|what) column)\b",
+        re.IGNORECASE,
+    ),
+    "zh": re.compile(r"作者|谁写|撰写|署名|第几版|哪一版|哪个版|哪版|版面|哪一天(刊登|发表|见报)|刊登(于|在)?(哪|什么)|发表(于|在)?(哪|什么)|哪个专栏|什么专栏"),
+}
 MAX_SENTENCES = 3
-HITS_CONSIDERED = 6
+HITS_CONSIDERED = 8
 
 
 @dataclass
@@ -67,7 +77,7 @@ class ExtractiveAnswerer:
 
     name = "extractive"
 
-    def __init__(self, embedder: Embedder, min_evidence: float = 0.45) -> None:
+    def __init__(self, embedder: Embedder, min_evidence: float = 0.35) -> None:
         self.embedder = embedder
         self.scorer = SupportScorer(embedder)
         self.min_evidence = min_evidence
@@ -87,6 +97,9 @@ class ExtractiveAnswerer:
             ans = Answer(question, refusal(lang), True, [], hits, self.name, lang=lang)
             ans.support = best
             return ans
+
+        if _META_INTENT[lang].search(question):
+            return self._metadata_answer(question, hits, lang, best)
 
         order = np.argsort(-scores)
         chosen: list[int] = []
@@ -137,6 +150,29 @@ class ExtractiveAnswerer:
             alt_answer=alt,
             lang=lang,
         )
+
+    def _metadata_answer(self, question: str, hits: list[Hit], lang: Lang, best: float) -> Answer:
+        """Who wrote it / which page / which day: answered from the cited article's header.
+
+        The claim is backed by the citation's own title, date, page and byline,
+        which the user sees beside it.
+        """
+        hit = hits[0]
+        p = hit.passage
+        cit = self._citation(1, hit, p)
+        page = str(p.page) if p.page is not None else "?"
+        if lang == "zh":
+            author = f"作者：{p.author}" if p.author else "未署名"
+            column = f"，专栏“{p.column}”" if p.column else ""
+            text = f"《{p.title_zh or p.title_en}》刊登于{p.date.isoformat()}《人民日报》第{page}版{column}，{author}。 [1]"
+            alt = f"“{p.title_en}” was published on {p.date.isoformat()}, page {page}." if p.title_en else ""
+        else:
+            author = f"byline: {p.author}" if p.author else "no byline is given"
+            column = f", column “{p.column}”" if p.column else ""
+            title = p.title_en or p.title_zh
+            text = f"“{title}” appeared in the People's Daily on {p.date.isoformat()}, page {page}{column}; {author}. [1]"
+            alt = f"《{p.title_zh}》{p.date.isoformat()} 第{page}版" if p.title_zh else ""
+        return Answer(question, text, False, [cit], hits, self.name, support=best, alt_answer=alt, lang=lang)
 
     @staticmethod
     def _twin(i: int, sents: list[_Sent], sv: np.ndarray, lang: Lang) -> int | None:

@@ -71,14 +71,14 @@ class Settings(BaseSettings):
     )
     top_k: int = Field(default=5, ge=1, le=100, description="Articles returned per search.")
     passages_per_article: int = Field(
-        default=2, ge=1, le=20, description="Best passages kept per article (stops crowding)."
+        default=3, ge=1, le=20, description="Best passages kept per article (stops crowding)."
     )
     candidates: int = Field(
         default=60, ge=1, le=2000, description="Passages fetched from each index before fusion."
     )
     rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant.")
     min_evidence: float = Field(
-        default=0.45,
+        default=0.35,
         ge=0.0,
         le=1.0,
         description="Evidence score below which Baokan refuses before answering.",

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -30,6 +33,9 @@ from rag.types import Article, Passage
 
 ARTICLE_SUFFIXES = (".txt", ".md")
 BATCH_PASSAGES = 256
+PREFETCH_FILES = 64
+"""Files read and parsed ahead of the embedder by the reader thread: bounds memory
+(at most this many parsed articles wait) while hiding file I/O behind embedding."""
 
 
 @dataclass
@@ -100,7 +106,10 @@ def iter_files(paths: Sequence[str | Path], skipped: list[tuple[str, str]]) -> I
         if not p.is_dir():
             skipped.append((str(p), "not a regular file or folder"))
             continue
-        for root, dirs, files in os.walk(p, followlinks=True, onerror=lambda e: skipped.append((str(e.filename), f"unreadable folder ({e.strerror})"))):
+        def unreadable(e: OSError) -> None:
+            skipped.append((str(e.filename), f"unreadable folder ({e.strerror})"))
+
+        for root, dirs, files in os.walk(p, followlinks=True, onerror=unreadable):
             st = os.stat(root)
             ident = (st.st_dev, st.st_ino)
             if ident in seen_dirs:
@@ -115,8 +124,32 @@ def iter_files(paths: Sequence[str | Path], skipped: list[tuple[str, str]]) -> I
                 yield Path(root) / name
 
 
+@dataclass
+class _Read:
+    """What the reader thread learnt about one file, before any index write."""
+
+    path: Path
+    source: str
+    content_hash: str = ""
+    article: Article | None = None
+    en: list[list[str]] = field(default_factory=list)
+    zh: list[list[str]] = field(default_factory=list)
+    known: tuple[str, str] | None = None
+    error: str = ""
+    unchanged: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+_DONE = object()
+
+
 class Ingestor:
-    """Runs ingestion against injected components (so tests pass small real ones)."""
+    """Runs ingestion against injected components (so tests pass small real ones).
+
+    A reader thread reads, hashes, parses and splits files into a bounded queue
+    while the calling thread embeds and writes; only the calling thread writes
+    to the stores, so the crash-safety argument stays a sequential one.
+    """
 
     def __init__(
         self,
@@ -124,11 +157,13 @@ class Ingestor:
         store: VectorStore,
         index: KeywordIndex,
         batch_passages: int = BATCH_PASSAGES,
+        prefetch: int = PREFETCH_FILES,
     ) -> None:
         self.embedder = embedder
         self.store = store
         self.index = index
         self.batch_passages = batch_passages
+        self.prefetch = prefetch
 
     # ------------------------------------------------------------------------
     def recover(self, report: IngestReport | None = None) -> int:
@@ -150,65 +185,149 @@ class Ingestor:
     ) -> IngestReport:
         report = IngestReport()
         self.recover(report)
+        # Only the paths are materialised (~100 bytes each); file contents stream.
         files = list(iter_files(paths, report.skipped))
         report.files = len(files)
-        iterable: Iterable[Path] = progress(files, len(files)) if progress else files
+        items = self._read_ahead(files) if self.prefetch > 0 else (self._read(p) for p in files)
+        # The progress wrapper only counts what passes through it (tqdm: files/s and ETA).
+        bar: Any = progress(cast(Iterable[Path], items), len(files)) if progress else None
+        ordered = cast(Iterable[_Read], bar if bar is not None else items)
         batch: list[_Pending] = []
         batch_size = 0
         seen_ids: dict[str, str] = {}
-        for path in iterable:
-            item = self._prepare(path, report, seen_ids)
-            if item is None:
-                continue
-            batch.append(item)
-            batch_size += item.size
-            if batch_size >= self.batch_passages:
+        try:
+            for read in ordered:
+                item = self._prepare(read, report, seen_ids)
+                if item is None:
+                    continue
+                batch.append(item)
+                batch_size += item.size
+                if batch_size >= self.batch_passages:
+                    self._flush(batch, report)
+                    batch, batch_size = [], 0
+                    if bar is not None and hasattr(bar, "set_postfix"):
+                        bar.set_postfix(passages=report.passages, refresh=False)
+            if batch:
                 self._flush(batch, report)
-                batch, batch_size = [], 0
-        if batch:
-            self._flush(batch, report)
+        finally:
+            close = getattr(items, "close", None)
+            if close:
+                close()
         if prune:
             report.removed += self.prune(paths)
         return report
 
-    def _prepare(self, path: Path, report: IngestReport, seen_ids: dict[str, str]) -> _Pending | None:
+    def _read_ahead(self, files: list[Path]) -> Iterator[_Read]:
+        """Yield ``_read(path)`` for each file, computed by a reader thread up to
+        ``prefetch`` files ahead. Closing the generator stops the thread."""
+        q: queue.Queue[object] = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def put(obj: object) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(obj, timeout=0.2)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work() -> None:
+            try:
+                for path in files:
+                    if not put(self._read(path)):
+                        return
+            except BaseException as exc:  # re-raised in the consumer
+                put(exc)
+                return
+            put(_DONE)
+
+        thread = threading.Thread(target=work, name="baokan-reader", daemon=True)
+        thread.start()
+        try:
+            while True:
+                obj = q.get()
+                if obj is _DONE:
+                    return
+                if isinstance(obj, BaseException):
+                    raise obj
+                assert isinstance(obj, _Read)
+                yield obj
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+
+    def _read(self, path: Path) -> _Read:
+        """Read, hash, and (unless the file is known and unchanged) parse one file.
+
+        Reads the index but never writes it, so it is safe on the reader thread.
+        """
         source = str(path.resolve()) if not path.is_symlink() else str(path.absolute())
+        out = _Read(path, source)
         t0 = time.perf_counter()
         try:
             text, data = read_text(path)
         except ParseError as exc:
-            report.skipped.append((str(path), exc.reason))
-            return None
-        content_hash = hashlib.sha256(data).hexdigest()
-        report.seconds["read"] += time.perf_counter() - t0
-        known = self.index.source_state(source)
-        if known and known[0] == content_hash:
-            state = self.index.article_state(known[1])
-            if state and state.status == "done":
-                report.unchanged += 1
-                return None
+            out.error = exc.reason
+            return out
+        out.content_hash = hashlib.sha256(data).hexdigest()
+        out.seconds["read"] = time.perf_counter() - t0
+        out.known = self.index.source_state(source)
+        if out.known and out.known[0] == out.content_hash:
+            state = self.index.article_state(out.known[1])
+            if state and state.status == "done" and state.content_hash == out.content_hash:
+                out.unchanged = True
+                return out
         t0 = time.perf_counter()
         try:
-            article = parse_text(text, source_path=source, content_hash=content_hash)
+            out.article = parse_text(text, source_path=source, content_hash=out.content_hash)
+            out.en = split_units(out.article.body_en, "en")
+            out.zh = split_units(out.article.body_zh, "zh")
         except ParseError as exc:
-            report.skipped.append((str(path), exc.reason))
+            out.error = exc.reason
+        out.seconds["parse"] = time.perf_counter() - t0
+        return out
+
+    def _prepare(self, read: _Read, report: IngestReport, seen_ids: dict[str, str]) -> _Pending | None:
+        for k, v in read.seconds.items():
+            report.seconds[k] += v
+        if read.error:
+            report.skipped.append((str(read.path), read.error))
             return None
-        finally:
-            report.seconds["parse"] += time.perf_counter() - t0
+        if read.unchanged:
+            # Re-checked here: the reader looked before earlier batches were written.
+            state = self.index.article_state(read.known[1]) if read.known else None
+            if state and state.status == "done":
+                report.unchanged += 1
+                seen_ids.setdefault(state.article_id, str(read.path))
+                return None
+            return self._prepare(self._read(read.path), report, seen_ids)
+        article, source, content_hash, known = read.article, read.source, read.content_hash, read.known
+        assert article is not None
         if article.article_id in seen_ids:
-            report.skipped.append((str(path), f"duplicate of {seen_ids[article.article_id]} (same article)"))
+            report.skipped.append((str(read.path), f"duplicate of {seen_ids[article.article_id]} (same article)"))
             return None
-        seen_ids[article.article_id] = str(path)
+        seen_ids[article.article_id] = str(read.path)
         existing = self.index.article_state(article.article_id)
         if existing and existing.status == "done":
-            others = [s for s in self.index.sources_of(article.article_id) if s != source]
-            self.index.record_source(source, content_hash, article.article_id)
-            if others and existing.content_hash == content_hash:
-                report.skipped.append((str(path), f"duplicate of {others[0]} (same article)"))
-                return None
+            recorded = self.index.sources_of(article.article_id)
+            others = [s for s in recorded if s != source and os.path.exists(s)]
             if existing.content_hash == content_hash:
-                report.unchanged += 1
+                # Same bytes already indexed: remember this path too (prune keeps the article
+                # while any of its files exists), but embed nothing.
+                self.index.record_source(source, content_hash, article.article_id)
+                if others:
+                    report.skipped.append((str(read.path), f"duplicate of {others[0]} (same article)"))
+                else:
+                    report.unchanged += 1
                 return None
+            if others and source not in recorded:
+                # Another live file holds this article (different bytes): keep that version,
+                # or two copies would replace each other on every run.
+                report.skipped.append((str(read.path), f"duplicate of {others[0]} (same article)"))
+                return None
+        # A changed file's new source row is written only with its passages (commit_articles):
+        # recorded earlier, a crash in between would make the next run think it was done.
         replaces = bool(existing)
         if known and known[1] != article.article_id:
             # The file now holds a different article: drop the old one unless another file has it.
@@ -216,8 +335,7 @@ class Ingestor:
             if not self.index.sources_of(known[1]):
                 self._delete(known[1])
                 replaces = True
-        en, zh = split_units(article.body_en, "en"), split_units(article.body_zh, "zh")
-        return _Pending(article, en, zh, replaces)
+        return _Pending(article, read.en, read.zh, replaces)
 
     def _delete(self, article_id: str) -> None:
         self.index.mark(article_id, "", "deleting")
@@ -247,7 +365,7 @@ class Ingestor:
         report.seconds["align"] += time.perf_counter() - t0
 
         self.index.mark_many(
-            [(i.article.article_id, i.article.content_hash, i.article.title, i.article.date.isoformat()) for i in batch],
+            [(a.article_id, a.content_hash, a.title, a.date.isoformat()) for a in (i.article for i in batch)],
             "pending",
         )
         t0 = time.perf_counter()
@@ -281,3 +399,4 @@ class Ingestor:
                     raise
                 removed += 1
         return removed
+

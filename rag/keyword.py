@@ -263,6 +263,19 @@ class KeywordIndex:
                 "unfinished": c.execute("SELECT count(*) FROM articles WHERE status!='done'").fetchone()[0],
             }
 
+    def passage_keys(self) -> Iterator[str]:
+        """Every passage key, in insertion order, streamed in pages (consistency checks)."""
+        last = 0
+        while True:
+            with self._lock:
+                rows = self._conn.execute(
+                    "SELECT id, key FROM passages WHERE id > ? ORDER BY id LIMIT 5000", (last,)
+                ).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield from (r[1] for r in rows)
+
     def date_range(self) -> tuple[dt.date, dt.date] | None:
         with self._lock:
             lo, hi = self._conn.execute("SELECT min(date_int), max(date_int) FROM passages").fetchone()
@@ -335,4 +348,4 @@ def _int_to_date(v: int) -> dt.date:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -7,9 +7,10 @@ that only needs the keyword index never loads the embedder.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from rag.answer import ExtractiveAnswerer
 from rag.config import Settings, get_settings
@@ -98,6 +99,37 @@ class Baokan:
         question = check_question(question)
         hits = self.search(question, k=k, flt=flt, mode=mode)
         return self.extractive.answer(question, hits)
+
+    def ask_llm(
+        self,
+        question: str,
+        k: int | None = None,
+        flt: SearchFilter | None = None,
+        llm: str | None = None,
+        history: Sequence[Mapping[str, Any]] | None = None,
+        mode: Mode | None = None,
+    ) -> Answer:
+        """Answer through the grounded chain with backend ``llm`` (default: settings.llm).
+
+        Model failures come back as ``Answer.error`` with the sources kept; see rag.chain.
+        """
+        from rag.chain import ask
+
+        return ask(self, question, k=k, flt=flt, llm=llm, history=history, mode=mode)
+
+    def ask_stream(
+        self,
+        question: str,
+        k: int | None = None,
+        flt: SearchFilter | None = None,
+        llm: str | None = None,
+        history: Sequence[Mapping[str, Any]] | None = None,
+        mode: Mode | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Events ``sources`` (before any token), ``token`` (0+), ``answer`` (last)."""
+        from rag.chain import ask_stream
+
+        return ask_stream(self, question, k=k, flt=flt, llm=llm, history=history, mode=mode)
 
     def is_empty(self) -> bool:
         return self.index.counts()["articles"] == 0

@@ -18,6 +18,7 @@ from rag.embed import Embedder
 from rag.errors import FilterError, QuestionError
 from rag.keyword import KeywordIndex
 from rag.store import VectorStore
+from rag.text import detect_lang
 from rag.types import Hit, Passage, SearchFilter
 
 Mode = Literal["hybrid", "dense", "bm25"]
@@ -143,6 +144,8 @@ class HybridRetriever:
             found = self.index.get(missing)
             for key in missing:
                 cands[key].passage = found.get(key)
+        if mode == "hybrid":
+            self._impute_keyword_rank(detect_lang(query), cands)
         live = self.index.done_articles(c.passage.article_id for c in cands.values() if c.passage)
         ranked = sorted(
             (c for c in cands.values() if c.passage is not None and c.passage.article_id in live),
@@ -164,6 +167,20 @@ class HybridRetriever:
             c.bm25, c.bm25_rank = score, rank
             c.fused += 1.0 / (self.rrf_k + rank + 1)
 
+    def _impute_keyword_rank(self, lang: str, cands: dict[str, _Cand]) -> None:
+        """Give untranslated passages in the other language their dense rank as keyword rank.
+
+        BM25 cannot match an English question against a Chinese-only article (or
+        the reverse): without this, such articles lose every fusion against
+        translated ones, and cross-lingual questions fail (ragflow #7376).
+        """
+        for c in cands.values():
+            p = c.passage
+            if p is None or c.bm25_rank is not None or c.dense_rank is None:
+                continue
+            if p.lang != lang and not p.links:
+                c.fused += 1.0 / (self.rrf_k + c.dense_rank + 1)
+
     def _group(self, ranked: list[_Cand], k: int) -> list[Hit]:
         by_article: dict[str, list[_Cand]] = defaultdict(list)
         order: list[str] = []
@@ -175,10 +192,11 @@ class HybridRetriever:
             by_article[aid].append(c)
 
         def article_score(aid: str) -> float:
-            # Best passage first; further matching passages add a little (a whole
-            # article about the subject beats one stray mention).
+            # Best passage first; a second matching passage adds a little (an article
+            # about the subject beats one stray mention), but long articles must not
+            # win on length alone.
             scores = [c.fused for c in by_article[aid]]
-            return scores[0] + 0.3 * sum(scores[1:4])
+            return scores[0] + 0.1 * sum(scores[1:2])
 
         order.sort(key=lambda a: -article_score(a))
         hits: list[Hit] = []

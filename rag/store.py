@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
@@ -139,6 +139,17 @@ class ChromaStore:
 
     def count(self) -> int:
         return int(self._call(self.collection.count))
+
+    def ids(self, page: int = 5000) -> Iterator[str]:
+        """Every stored passage key, paged (to check the store against the keyword index)."""
+        offset = 0
+        while True:
+            res = self._call(self.collection.get, include=[], limit=page, offset=offset)
+            ids = list(res["ids"])
+            if not ids:
+                return
+            yield from ids
+            offset += len(ids)
 
     def keys_of(self, article_id: str) -> list[str]:
         res = self._call(self.collection.get, where={"article_id": article_id}, include=[])

@@ -20,10 +20,16 @@ def cjk_ratio(text: str) -> float:
     return len(_CJK_RE.findall(text)) / letters if letters else 0.0
 
 
+_LATIN_WORD_RE = re.compile(r"[A-Za-z]+")
+
+
 def detect_lang(text: str) -> Lang:
-    """Chinese if a fifth of the letters are CJK: English names inside Chinese
-    questions (and vice versa) must not flip the answer language."""
-    return "zh" if cjk_ratio(text) >= 0.2 else "en"
+    """Chinese when CJK characters outnumber twice the Latin words: a Chinese name in
+    an English question (or an English name in a Chinese one) must not flip the
+    answer language."""
+    cjk = len(_CJK_RE.findall(text))
+    words = len(_LATIN_WORD_RE.findall(text))
+    return "zh" if cjk and cjk > 2 * words else "en"
 
 
 def split_sentences(text: str, lang: Lang | None = None) -> list[str]:
@@ -103,7 +109,7 @@ def normalize_numbers(text: str) -> str:
     thousands separators dropped ('二十二' and '22', '200,000' and '200000' compare equal).
     Lone '一'/'万' stay: they are words far more often than numbers."""
     text = unicodedata.normalize("NFKC", text)
-    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
+    text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)
 
     def repl(m: re.Match[str]) -> str:
         run = m.group(0)
