@@ -10,6 +10,7 @@ original is kept beside it).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -34,7 +35,9 @@ _META_INTENT = {
         r"|(which|what) column)\b",
         re.IGNORECASE,
     ),
-    "zh": re.compile(r"作者|谁写|撰写|署名|第几版|哪一版|哪个版|哪版|版面|哪一天(刊登|发表|见报)|刊登(于|在)?(哪|什么)|发表(于|在)?(哪|什么)|哪个专栏|什么专栏"),
+    "zh": re.compile(
+        r"作者|谁写|撰写|署名|第几版|哪一版|哪个版|哪版|版面|哪一天(刊登|发表|见报)|刊登(于|在)?(哪|什么)|发表(于|在)?(哪|什么)|哪个专栏|什么专栏"
+    ),
 }
 MAX_SENTENCES = 3
 HITS_CONSIDERED = 8
@@ -130,7 +133,7 @@ class ExtractiveAnswerer:
             if unit not in citations:
                 citations[unit] = self._citation(len(citations) + 1, hits[s.hit], s.passage)
             cit = citations[unit]
-            hl = {sents[shown].lang: sents[shown].text}
+            hl: dict[str, str] = {sents[shown].lang: sents[shown].text}
             if other is not None:
                 hl[sents[other].lang] = sents[other].text
             citations[unit] = _with_highlight(cit, hl)
@@ -170,7 +173,9 @@ class ExtractiveAnswerer:
             author = f"byline: {p.author}" if p.author else "no byline is given"
             column = f", column “{p.column}”" if p.column else ""
             title = p.title_en or p.title_zh
-            text = f"“{title}” appeared in the People's Daily on {p.date.isoformat()}, page {page}{column}; {author}. [1]"
+            text = (
+                f"“{title}” appeared in the People's Daily on {p.date.isoformat()}, page {page}{column}; {author}. [1]"
+            )
             alt = f"《{p.title_zh}》{p.date.isoformat()} 第{page}版" if p.title_zh else ""
         return Answer(question, text, False, [cit], hits, self.name, support=best, alt_answer=alt, lang=lang)
 
@@ -214,7 +219,7 @@ def _same_text(a: str, b: str) -> bool:
     return a.strip() == b.strip()
 
 
-def _with_highlight(c: Citation, hl: dict[str, str]) -> Citation:
+def _with_highlight(c: Citation, hl: Mapping[str, str]) -> Citation:
     en = " ".join(x for x in (c.highlight_en, hl.get("en", "")) if x and x not in c.highlight_en)
     zh = "".join(x for x in (c.highlight_zh, hl.get("zh", "")) if x and x not in c.highlight_zh)
     return replace(c, highlight_en=en or c.highlight_en, highlight_zh=zh or c.highlight_zh)

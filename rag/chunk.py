@@ -54,8 +54,7 @@ def split_units(paragraphs: list[str], lang: Lang) -> list[list[str]]:
         else:
             merged.append(carry)
     return [
-        [text] if len(text) <= hi else pack_sentences(split_sentences(text, lang), int(hi * 0.75))
-        for text in merged
+        [text] if len(text) <= hi else pack_sentences(split_sentences(text, lang), int(hi * 0.75)) for text in merged
     ]
 
 
@@ -137,9 +136,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b) / (na * nb) if na and nb else 0.0
 
 
-def make_passages(
-    article: Article, en: list[list[str]], zh: list[list[str]], beads: list[Bead]
-) -> list[Passage]:
+def make_passages(article: Article, en: list[list[str]], zh: list[list[str]], beads: list[Bead]) -> list[Passage]:
     """Passages of both languages, each carrying the keys of its translation.
 
     ``en``/``zh`` are pieces grouped by paragraph and ``beads`` align paragraphs;

@@ -18,8 +18,15 @@ def _progress(desc: str, unit: str) -> Callable[[Iterable[Any], int], Iterable[A
     def wrap(items: Iterable[Any], total: int) -> Iterable[Any]:
         from tqdm import tqdm
 
-        return tqdm(items, total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
-                    disable=None if total > 1 else True)
+        return tqdm(
+            items,
+            total=total,
+            desc=desc,
+            unit=unit,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            disable=None if total > 1 else True,
+        )
 
     return wrap
 
@@ -35,7 +42,9 @@ def _questions(args: argparse.Namespace) -> Iterator[str]:
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
-            raise BaokanError(f"Cannot read batch file {path}: {exc}.", "Give a UTF-8 file, one question per line.") from None
+            raise BaokanError(
+                f"Cannot read batch file {path}: {exc}.", "Give a UTF-8 file, one question per line."
+            ) from None
         yield from (line for line in lines if line.strip())
     else:
         yield args.query
@@ -82,7 +91,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def _search_text(hit: Any, n: int) -> str:
     p = hit.passage
     page = f"p.{p.page}" if p.page is not None else "p.?"
-    lines = [f"[{n}] {p.title_en or p.title_zh} | {p.title_zh} | {p.date.isoformat()} {page} ({p.lang}, score {hit.score:.4f})"]
+    lines = [
+        f"[{n}] {p.title_en or p.title_zh} | {p.title_zh} | {p.date.isoformat()} {page} ({p.lang}, score {hit.score:.4f})"
+    ]
     lines.append("    " + p.text[:400])
     for q in hit.linked:
         lines.append(f"    [{q.lang}] " + q.text[:400])
@@ -213,7 +224,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="baokan", description="Cited question answering over the People's Daily archive.")
+    parser = argparse.ArgumentParser(
+        prog="baokan", description="Cited question answering over the People's Daily archive."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("ingest", help="index article files or folders (recursive, incremental)")

@@ -61,9 +61,7 @@ class Settings(BaseSettings):
         description="CPU threads for embedding (the USE embedder is ~8x slower when oversubscribed).",
     )
     embed_batch_size: int = Field(default=64, ge=1, description="Passages per embedding batch.")
-    device: str = Field(
-        default="cpu", description="Torch device for sentence-transformers models: cpu, cuda, auto."
-    )
+    device: str = Field(default="cpu", description="Torch device for sentence-transformers models: cpu, cuda, auto.")
 
     # --- retrieval -----------------------------------------------------------
     retrieval: Literal["hybrid", "dense", "bm25"] = Field(
@@ -73,9 +71,7 @@ class Settings(BaseSettings):
     passages_per_article: int = Field(
         default=3, ge=1, le=20, description="Best passages kept per article (stops crowding)."
     )
-    candidates: int = Field(
-        default=60, ge=1, le=2000, description="Passages fetched from each index before fusion."
-    )
+    candidates: int = Field(default=60, ge=1, le=2000, description="Passages fetched from each index before fusion.")
     rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant.")
     min_evidence: float = Field(
         default=0.35,

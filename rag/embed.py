@@ -74,7 +74,7 @@ def _use_module_class() -> type:
     class USEModule(InputModule):  # type: ignore[misc]
         """USE-multilingual-v3 as a sentence-transformers input module."""
 
-        config_keys = ["threads"]
+        config_keys = ["threads"]  # noqa: RUF012  (sentence-transformers declares it as an instance attribute)
 
         def __init__(self, threads: int = 2) -> None:
             super().__init__()

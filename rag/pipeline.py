@@ -15,7 +15,7 @@ from typing import Any
 from rag.answer import ExtractiveAnswerer
 from rag.config import Settings, get_settings
 from rag.embed import Embedder, get_embedder
-from rag.ingest import IngestReport, Ingestor
+from rag.ingest import Ingestor, IngestReport
 from rag.keyword import KeywordIndex
 from rag.retrieve import HybridRetriever, Mode, check_question
 from rag.store import VectorStore, get_store

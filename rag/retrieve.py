@@ -110,7 +110,9 @@ class HybridRetriever:
         passages_per_article: int = 2,
     ) -> None:
         if candidates <= 0 or top_k <= 0 or passages_per_article <= 0:
-            raise ValueError(f"candidates, top_k and passages_per_article must be > 0 (got {candidates}, {top_k}, {passages_per_article})")
+            raise ValueError(
+                f"candidates, top_k and passages_per_article must be > 0 (got {candidates}, {top_k}, {passages_per_article})"
+            )
         self.embedder = embedder
         self.store = store
         self.index = index

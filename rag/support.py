@@ -50,8 +50,13 @@ class SupportScorer:
         self.embedder = embedder
         self.lexical_weight = lexical_weight
 
-    def scores(self, claim: str, sources: Sequence[str], claim_vec: np.ndarray | None = None,
-               source_vecs: np.ndarray | None = None) -> np.ndarray:
+    def scores(
+        self,
+        claim: str,
+        sources: Sequence[str],
+        claim_vec: np.ndarray | None = None,
+        source_vecs: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Support of ``claim`` by each source, in [0, 1]."""
         if not sources:
             return np.zeros(0, dtype=np.float32)

@@ -11,7 +11,27 @@ _CJK_RE = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _LATIN_RE = re.compile(r"[A-Za-z]")
 # Chinese sentences end at 。！？ (and ；… when long); closing quotes/brackets stay attached.
 _ZH_SENT_RE = re.compile(r"[^。！？!?]*(?:[。！？!?]+[”’」』）)]*|$)")
-_EN_ABBREV = {"no", "mr", "mrs", "dr", "st", "vs", "co", "ltd", "inc", "jan", "feb", "aug", "sept", "oct", "nov", "dec", "u.s", "e.g", "i.e"}
+_EN_ABBREV = {
+    "no",
+    "mr",
+    "mrs",
+    "dr",
+    "st",
+    "vs",
+    "co",
+    "ltd",
+    "inc",
+    "jan",
+    "feb",
+    "aug",
+    "sept",
+    "oct",
+    "nov",
+    "dec",
+    "u.s",
+    "e.g",
+    "i.e",
+}
 _EN_SPLIT_RE = re.compile(r"(?<=[.!?])[\"”’)]*\s+(?=[\"“‘(]?[A-Z0-9])")
 
 
@@ -78,7 +98,20 @@ def normalize(text: str) -> str:
     return unicodedata.normalize("NFKC", text).lower()
 
 
-_CN_DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
+_CN_DIGITS = {
+    "零": 0,
+    "〇": 0,
+    "一": 1,
+    "二": 2,
+    "两": 2,
+    "三": 3,
+    "四": 4,
+    "五": 5,
+    "六": 6,
+    "七": 7,
+    "八": 8,
+    "九": 9,
+}
 _CN_UNITS = {"十": 10, "百": 100, "千": 1000}
 _CN_BIG = {"万": 10_000, "亿": 100_000_000}
 _CN_RUN_RE = re.compile(r"[零〇一二两三四五六七八九十百千万亿]+")
