@@ -151,6 +151,14 @@ def get_settings(overrides: Settings | dict[str, Any] | None = None) -> Settings
     """
     if isinstance(overrides, Settings):
         return overrides
+    unknown = sorted(
+        k for k in os.environ if k.startswith("BAOKAN_") and k[len("BAOKAN_") :].lower() not in Settings.model_fields
+    )
+    if unknown:
+        raise ConfigError(
+            f"Unknown setting {', '.join(unknown)}.",
+            "Valid settings: " + ", ".join(f"BAOKAN_{n.upper()}" for n in sorted(Settings.model_fields)) + ".",
+        )
     try:
         return Settings(**(overrides or {}))
     except ValidationError as exc:

@@ -26,7 +26,7 @@ body{font-family:system-ui,-apple-system,'Noto Sans CJK SC','Microsoft YaHei',sa
 max-width:1320px}
 h1{margin-bottom:4px}h2{margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
 table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
-th{background:#f4f4f4}td.l,th.l{text-align:left}.muted{color:#666;font-size:13px}
+th{background:#f4f4f4;max-width:110px}td.l,th.l{text-align:left}.muted{color:#666;font-size:13px}
 .fail{border:1px solid #e3c0c0;border-left:5px solid #c0392b;background:#fffafa;margin:12px 0;padding:8px 12px}
 .fail .kind{font-weight:600;color:#c0392b}.fail .q{font-weight:600;margin:4px 0}.fail .a{white-space:pre-wrap}
 .cite{font-size:12px;color:#333;margin:4px 0 4px 16px;white-space:pre-wrap}img{max-width:100%}
@@ -87,8 +87,10 @@ def _fmt(v: Any) -> str:
 
 
 def _table(rows: Sequence[Sequence[Any]], head: Sequence[str]) -> str:
-    out = ["<table><tr>" + "".join(f"<th class='l'>{html.escape(h)}</th>" if i == 0 else f"<th>{html.escape(h)}</th>"
-                                   for i, h in enumerate(head)) + "</tr>"]
+    # Underscores become spaces so long metric names wrap and the table fits the page.
+    cells = [html.escape(h.replace("_", " ")) for h in head]
+    out = ["<table><tr>" + "".join(f"<th class='l'>{h}</th>" if i == 0 else f"<th>{h}</th>"
+                                   for i, h in enumerate(cells)) + "</tr>"]
     for row in rows:
         out.append("<tr>" + "".join(f"<td class='l'>{_fmt(v)}</td>" if i == 0 else f"<td>{_fmt(v)}</td>"
                                     for i, v in enumerate(row)) + "</tr>")
