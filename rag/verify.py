@@ -23,7 +23,8 @@ import numpy as np
 
 from rag.answer import refusal
 from rag.support import SupportScorer
-from rag.text import detect_lang, split_sentences
+from rag.text import detect_lang, normalize_numbers, split_sentences
+from rag.tokenize import tokenize
 from rag.types import Answer, Citation, Hit, Lang, Passage
 
 # [1], [1, 2], [1][2], 【1】, [source 1], [^1]
@@ -67,6 +68,24 @@ class Verification:
         if not judged:
             return None
         return sum(s.source is not None for s in judged) / len(judged)
+
+
+def numbers(text: str) -> set[int]:
+    """Numbers in ``text`` (Chinese numerals normalised; thousands separators dropped)."""
+    text = re.sub(r"(?<=\d),(?=\d{3})", "", normalize_numbers(text))
+    return {int(t) for t in tokenize(text) if t.isdigit() and len(t) < 16}
+
+
+def _number_ok(n: int, source: set[int]) -> bool:
+    # "二十多万" normalises to 20 and "两千" may lose its unit: accept a dropped 千/万/亿.
+    return any(n == s or (s and n % s == 0 and n // s in (1000, 10_000, 100_000_000)) for s in source)
+
+
+def numbers_consistent(claim: str, source_text: str) -> bool:
+    """False when the claim states a number the source does not contain (a wrong figure
+    scores high on word overlap otherwise). Sources without digits cannot be checked."""
+    have = numbers(source_text)
+    return not have or all(_number_ok(n, have) for n in numbers(claim))
 
 
 def markers(text: str) -> list[int]:
@@ -127,6 +146,9 @@ class CitationVerifier:
             for j, h in enumerate(owner):
                 if sc[j] > per_hit[h]:
                     per_hit[h], best_unit[h] = float(sc[j]), j
+            for h in range(len(hits)):
+                if not numbers_consistent(claim, f"{hits[h].en}\n{hits[h].zh}"):
+                    per_hit[h] = min(float(per_hit[h]), self.threshold - 0.01)
             chosen: int | None = None
             best = int(np.argmax(per_hit)) if len(hits) else 0
             top = float(per_hit[best]) if len(hits) else 0.0
@@ -140,7 +162,7 @@ class CitationVerifier:
                 chosen = best + 1
             support = float(per_hit[chosen - 1]) if chosen else float(per_hit.max(initial=0.0))
             hl = flat[best_unit[chosen - 1]] if chosen else None
-            is_claim = len(claim) >= _MIN_CLAIM_CHARS and not _is_refusal(claim)
+            is_claim = len(claim) >= _MIN_CLAIM_CHARS and not _is_refusal(claim) and not _is_question(claim)
             if not is_claim:
                 chosen, hl = None, None
             out.sentences.append(SentenceCheck(claim, valid, dropped, support, chosen, hl, is_claim))
@@ -161,6 +183,8 @@ class CitationVerifier:
                 numbering[s.source] = len(numbering) + 1
         parts: list[str] = []
         for s in v.sentences:
+            if _is_question(s.text):
+                continue
             if s.source is not None:
                 parts.append(f"{s.text} [{numbering[s.source]}]")
             elif s.claim:
@@ -186,6 +210,11 @@ class CitationVerifier:
             support=v.support,
             lang=lang,
         )
+
+
+def _is_question(text: str) -> bool:
+    """Small models echo the question; a question asserts nothing and is dropped."""
+    return text.rstrip().endswith(("?", "？"))
 
 
 def _is_refusal(text: str) -> bool:

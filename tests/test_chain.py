@@ -191,3 +191,14 @@ def test_errors_never_carry_the_key() -> None:
     assert "rejected the API key" in err.message and secret not in str(err)
     assert secret not in scrub(f"token {secret} here", s)
     assert re.search(r"sk-\w", scrub("key sk-other-key-123456789", None)) is None
+
+
+def test_verifier_rejects_wrong_numbers_and_drops_echoed_questions(app: Baokan) -> None:
+    hits = app.search("How many innovation suggestions did the Tianjin No. 6 Dyeing and Chemical Factory make?")
+    factory = next(h for h in hits if "two thousand" in h.en)
+    v = CitationVerifier(app.extractive.scorer, app.settings.min_evidence)
+    wrong = "The Tianjin No. 6 Dyeing and Chemical Factory's three hundred employees put forward 200 innovation suggestions."
+    assert v.answer("q?", wrong + " [1]", [factory], "openai", lang="en").refused
+    right = wrong.replace("200", "2,000")
+    ans = v.answer("q?", f"How many suggestions did they make? {right} [1]", [factory], "openai", lang="en")
+    assert not ans.refused and ans.answer == right + " [1]" and ans.support == 1.0
