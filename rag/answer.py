@@ -192,22 +192,7 @@ class ExtractiveAnswerer:
 
     @staticmethod
     def _citation(n: int, hit: Hit, p: Passage) -> Citation:
-        # p is the hit's passage or one of its translations: either way the
-        # hit holds both languages of the unit.
-        return Citation(
-            n=n,
-            key=p.key,
-            article_id=p.article_id,
-            title_en=p.title_en,
-            title_zh=p.title_zh,
-            date=p.date,
-            page=p.page,
-            quote_en=hit.en,
-            quote_zh=hit.zh,
-            source_path=p.source_path,
-            author=p.author,
-            column=p.column,
-        )
+        return Citation.from_hit(n, hit, p)
 
 
 def _unit(p: Passage) -> str:

@@ -180,6 +180,27 @@ class Citation:
     """The sentence(s) of quote_en that support the answer, for highlighting."""
     highlight_zh: str = ""
 
+    @classmethod
+    def from_hit(cls, n: int, hit: Hit, passage: Passage | None = None, support: float | None = None) -> Citation:
+        """Citation ``n`` for a hit; ``passage`` is the hit's passage or one of its
+        translations (either way the hit holds both languages of the unit)."""
+        p = passage or hit.passage
+        return cls(
+            n=n,
+            key=p.key,
+            article_id=p.article_id,
+            title_en=p.title_en,
+            title_zh=p.title_zh,
+            date=p.date,
+            page=p.page,
+            quote_en=hit.en,
+            quote_zh=hit.zh,
+            source_path=p.source_path,
+            author=p.author,
+            column=p.column,
+            support=support,
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "n": self.n,

@@ -25,7 +25,7 @@ from rag.answer import refusal
 from rag.support import SupportScorer
 from rag.text import detect_lang, normalize_numbers, split_sentences
 from rag.tokenize import tokenize
-from rag.types import Answer, Citation, Hit, Lang, Passage
+from rag.types import Answer, Citation, Hit, Lang
 
 # [1], [1, 2], [1][2], 【1】, [source 1], [^1]
 _MARK_RE = re.compile(r"\s*[\[【]\s*(?:\^|source\s*|来源\s*)?(\d+(?:\s*[,，、]\s*\d+)*)\s*[\]】]", re.IGNORECASE)
@@ -227,22 +227,7 @@ def citation_for(n: int, hit: Hit, support: float | None = None) -> Citation:
 
 
 def _citation(n: int, hit: Hit, support: float | None) -> Citation:
-    p: Passage = hit.passage
-    return Citation(
-        n=n,
-        key=p.key,
-        article_id=p.article_id,
-        title_en=p.title_en,
-        title_zh=p.title_zh,
-        date=p.date,
-        page=p.page,
-        quote_en=hit.en,
-        quote_zh=hit.zh,
-        source_path=p.source_path,
-        author=p.author,
-        column=p.column,
-        support=support,
-    )
+    return Citation.from_hit(n, hit, support=support)
 
 
 def _highlight(c: Citation, lang: Lang, text: str) -> Citation:

@@ -80,9 +80,24 @@ def test_key_not_in_cli_or_eval_output(tmp_path: Path) -> None:
     )
     out = tmp_path / "eval-out"
     r = subprocess.run(
-        [str(BAOKAN), "eval", "--set", "eval/questions_seeds.jsonl", "--llm", "openai", "--limit", "2",
-         "--out", str(out)],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=400, check=False,
+        [
+            str(BAOKAN),
+            "eval",
+            "--set",
+            "eval/questions_seeds.jsonl",
+            "--llm",
+            "openai",
+            "--limit",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=400,
+        check=False,
     )
     assert KEY not in r.stdout + r.stderr and "XYZ" not in r.stdout + r.stderr
     files = [p for p in tmp_path.rglob("*") if p.is_file() and p.stat().st_size < 20_000_000]
@@ -92,8 +107,12 @@ def test_key_not_in_cli_or_eval_output(tmp_path: Path) -> None:
         assert KEY.encode() not in data and b"XYZ-0123" not in data, p
     r2 = subprocess.run(
         [str(BAOKAN), "ask", GOOD_Q, "--llm", "openai"],
-        capture_output=True, text=True, env={**env, "BAOKAN_DATA_DIR": str(tmp_path / ".index-questions_seeds")},
-        cwd=REPO, timeout=200, check=False,
+        capture_output=True,
+        text=True,
+        env={**env, "BAOKAN_DATA_DIR": str(tmp_path / ".index-questions_seeds")},
+        cwd=REPO,
+        timeout=200,
+        check=False,
     )
     assert "cannot be reached" in r2.stdout + r2.stderr, (r2.returncode, r2.stdout[-800:], r2.stderr[-800:])
     assert KEY not in r2.stdout + r2.stderr and "XYZ" not in r2.stdout + r2.stderr

@@ -65,7 +65,8 @@ def _start_chroma(path: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as fh:
         proc = subprocess.Popen(
             [str(CHROMA), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=fh, stderr=subprocess.STDOUT,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + 60
     while True:

@@ -8,6 +8,7 @@ import statistics
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,7 +58,7 @@ def test_twenty_concurrent_sessions_while_ingesting(rel_app: Baokan, small_corpu
             with lock:
                 errors.append(f"user {i} connect: {exc!r}")
             return
-        chat: list[object] = []
+        chat: list[Any] = []
         for q, expected in QUESTIONS:
             t0 = time.perf_counter()
             try:
