@@ -267,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrieval", default=None, help="hybrid, dense, bm25 (comma-separated to compare)")
     p.add_argument("--out", default=None, help="output folder")
     p.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    p.add_argument("--judge", default=None, help="LLM judge for statement-level faithfulness: local, openai (optional)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("stats", help="what the index holds")
