@@ -168,7 +168,7 @@ def _ask(app: Any, q: str, args: argparse.Namespace, flt: Any) -> Any:
     if getattr(args, "stream", False) and ask_stream is not None and not (args.json or args.batch):
         return _stream(ask_stream, q, args, flt)
     ask = getattr(app, "ask_llm", None)
-    if ask is not None and args.llm:
+    if ask is not None and (args.llm or app.settings.llm != "extractive"):
         return ask(q, k=args.k, flt=flt, llm=args.llm)
     return app.ask(q, k=args.k, flt=flt)
 

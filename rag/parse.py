@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
+import stat
 import unicodedata
 from pathlib import Path
 
@@ -36,7 +37,11 @@ _FIRST_YEAR, _LAST_YEAR = 1900, 2100
 def read_text(path: Path) -> tuple[str, bytes]:
     """Read a file as UTF-8 text, refusing what is not an article-like text file."""
     try:
-        if path.stat().st_size > MAX_FILE_BYTES:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            # A FIFO or device would block or never end: only regular files are articles.
+            raise ParseError(str(path), "not a regular file")
+        if st.st_size > MAX_FILE_BYTES:
             raise ParseError(
                 str(path),
                 f"file too large ({path.stat().st_size // 1024 // 1024} MB; "

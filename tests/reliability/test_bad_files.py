@@ -154,11 +154,6 @@ def _ingest_with_deadline(app: Baokan, path: Path, fifo: Path, seconds: float) -
     return hung, result.get("report")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rag/parse.read_text opens a FIFO found in a folder and blocks until a writer appears "
-    "(fix: refuse non-regular files via stat.S_ISREG before read_bytes)",
-)
 def test_fifo_inside_folder_does_not_hang(rel_app: Baokan, tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "pipe.md")
     hung, report = _ingest_with_deadline(rel_app, tmp_path, tmp_path / "pipe.md", 15)

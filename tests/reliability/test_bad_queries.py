@@ -150,12 +150,6 @@ def _cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[
             ("ask", "hello"),
             {"BAOKAN_LLM": "nope"},
             "nope",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="rag/cli._ask ignores settings.llm (BAOKAN_LLM) unless --llm is given: "
-                "it calls app.ask (extractive) and exits 0; fix: call app.ask_llm whenever "
-                "args.llm or app.settings.llm != 'extractive'",
-            ),
         ),
         (("search", "hello"), {"BAOKAN_RETRIEVAL": "bogus"}, "BAOKAN_RETRIEVAL"),
         (("search", "hello", "--from", "1959-02-30"), {}, "1959-02-30"),
