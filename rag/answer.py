@@ -131,7 +131,7 @@ class ExtractiveAnswerer:
             other = i if shown != i else twin
             unit = _unit(s.passage)
             if unit not in citations:
-                citations[unit] = self._citation(len(citations) + 1, hits[s.hit], s.passage)
+                citations[unit] = Citation.from_hit(len(citations) + 1, hits[s.hit], s.passage)
             cit = citations[unit]
             hl: dict[str, str] = {sents[shown].lang: sents[shown].text}
             if other is not None:
@@ -162,7 +162,7 @@ class ExtractiveAnswerer:
         """
         hit = hits[0]
         p = hit.passage
-        cit = self._citation(1, hit, p)
+        cit = Citation.from_hit(1, hit, p)
         page = str(p.page) if p.page is not None else "?"
         if lang == "zh":
             author = f"作者：{p.author}" if p.author else "未署名"
@@ -189,10 +189,6 @@ class ExtractiveAnswerer:
             return None
         sims = sv[cand] @ sv[i]
         return cand[int(np.argmax(sims))]
-
-    @staticmethod
-    def _citation(n: int, hit: Hit, p: Passage) -> Citation:
-        return Citation.from_hit(n, hit, p)
 
 
 def _unit(p: Passage) -> str:

@@ -43,7 +43,7 @@ from rag.retrieve import Mode, check_question
 from rag.text import detect_lang
 from rag.tokenize import tokenize
 from rag.types import Answer, Citation, Hit, Lang, Passage, SearchFilter
-from rag.verify import CitationVerifier, citation_for, strip_markers
+from rag.verify import CitationVerifier, strip_markers
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -368,7 +368,7 @@ def build_chain(
 
 
 def _source_citations(hits: Sequence[Hit]) -> list[Citation]:
-    return [citation_for(n, h) for n, h in enumerate(hits, 1)]
+    return [Citation.from_hit(n, h) for n, h in enumerate(hits, 1)]
 
 
 def ask_stream(

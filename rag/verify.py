@@ -194,7 +194,7 @@ class CitationVerifier:
         citations: list[Citation] = []
         for src, n in numbering.items():
             users = [s for s in v.sentences if s.source == src]
-            cit = _citation(n, hits[src - 1], sum(s.support for s in users) / len(users))
+            cit = Citation.from_hit(n, hits[src - 1], support=sum(s.support for s in users) / len(users))
             for s in users:
                 if s.highlight is not None:
                     cit = _highlight(cit, *s.highlight)
@@ -222,12 +222,6 @@ def _is_refusal(text: str) -> bool:
     return any(cue in low for cue in _REFUSAL_CUES)
 
 
-def citation_for(n: int, hit: Hit, support: float | None = None) -> Citation:
-    return _citation(n, hit, support)
-
-
-def _citation(n: int, hit: Hit, support: float | None) -> Citation:
-    return Citation.from_hit(n, hit, support=support)
 
 
 def _highlight(c: Citation, lang: Lang, text: str) -> Citation:
