@@ -24,6 +24,7 @@ import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
+from importlib import resources
 from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,7 +53,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+PROMPTS_DIR = Path(str(resources.files("baokan_prompts")))
+"""The repository's ``prompts/``, installed as the package ``baokan_prompts`` so that a
+wheel install finds them too; ``Settings.prompts_dir`` points elsewhere."""
 SOURCE_CHARS = 900
 """Most characters of one source put in the prompt (keeps 5 sources inside a 4k context)."""
 HISTORY_TURNS = 6
@@ -66,13 +69,16 @@ CHARS_PER_TOKEN: dict[Lang, float] = {"en": 3.5, "zh": 0.7}
 
 
 @cache
-def load_prompt(name: str, lang: Lang) -> str:
+def load_prompt(name: str, lang: Lang, folder: Path | None = None) -> str:
     """A prompt file, ``prompts/{name}_{lang}.txt`` (edit those files, not code)."""
-    path = PROMPTS_DIR / f"{name}_{lang}.txt"
+    path = (folder or PROMPTS_DIR) / f"{name}_{lang}.txt"
     try:
         return path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise BaokanError(f"Prompt file {path} cannot be read: {exc}", "Restore it from the repository.") from exc
+        raise BaokanError(
+            f"Prompt file {path} cannot be read: {exc.__class__.__name__}: {exc.strerror or exc}.",
+            "Restore it from the repository, or unset BAOKAN_PROMPTS_DIR to use the shipped prompts.",
+        ) from None
 
 
 def _defang(text: str) -> str:
@@ -117,8 +123,8 @@ def format_sources(hits: Sequence[Hit], lang: Lang) -> str:
     return "\n\n".join(blocks)
 
 
-def answer_prompt(lang: Lang) -> ChatPromptTemplate:
-    return ChatPromptTemplate.from_messages([("system", load_prompt("answer", lang)), ("human", "{question}")])
+def answer_prompt(lang: Lang, folder: Path | None = None) -> ChatPromptTemplate:
+    return ChatPromptTemplate.from_messages([("system", load_prompt("answer", lang, folder)), ("human", "{question}")])
 
 
 # --- retriever as a LangChain component ----------------------------------------------
@@ -259,7 +265,10 @@ def _history_text(history: Sequence[Mapping[str, Any]]) -> str:
 
 
 def rewrite_question(
-    question: str, history: Sequence[Mapping[str, Any]] | None, model: BaseChatModel | None = None
+    question: str,
+    history: Sequence[Mapping[str, Any]] | None,
+    model: BaseChatModel | None = None,
+    prompts_dir: Path | None = None,
 ) -> str:
     """The standalone form of ``question``: unchanged unless it refers back to ``history``.
 
@@ -271,7 +280,7 @@ def rewrite_question(
         return question
     if model is not None:
         lang = detect_lang(question)
-        template = ChatPromptTemplate.from_messages([("human", load_prompt("rewrite", lang))])
+        template = ChatPromptTemplate.from_messages([("human", load_prompt("rewrite", lang, prompts_dir))])
         try:
             out = (template | model | StrOutputParser()).invoke(
                 {"history": _history_text(history or []), "question": question}
@@ -336,7 +345,7 @@ def build_chain(
     def messages(x: dict[str, Any]) -> Any:
         lang = lang_of(x)
         # The standalone form: the model sees no history, so "his factory" must be spelled out.
-        return answer_prompt(lang).invoke(
+        return answer_prompt(lang, app.settings.prompts_dir).invoke(
             {"sources": format_sources(x["given"], lang), "question": x["standalone_question"]}
         )
 
@@ -397,7 +406,7 @@ def ask_stream(
             model = backend.chat_model()
         except Exception as exc:  # a model that cannot start still leaves the sources
             error = llm_error(exc, backend.name, settings)
-    standalone = rewrite_question(question, history, model)
+    standalone = rewrite_question(question, history, model, settings.prompts_dir)
     inputs = {"question": question, "standalone_question": standalone}
 
     hits: list[Hit] | None = None

@@ -105,6 +105,11 @@ class Settings(BaseSettings):
         description="When the LLM fails, answer with the extractive backend instead.",
     )
     llm_context_size: int = Field(default=4096, ge=512, description="Context for the local model.")
+    prompts_dir: Path | None = Field(
+        default=None,
+        description="Folder with answer_{en,zh}.txt and rewrite_{en,zh}.txt to use instead of the shipped "
+        "prompts (try a prompt without editing the installed package).",
+    )
 
     # --- serving -------------------------------------------------------------
     host: str = Field(default="127.0.0.1", description="Address the UI binds to.")

@@ -42,8 +42,16 @@ RETRIEVAL_K = 10
 """Articles retrieved for the retrieval metrics (nDCG@10 needs ten)."""
 QUOTE_CHARS = 700
 JUDGE_CONTEXT_CHARS = 6000
-VALID_TYPES = ("factoid", "paraphrase", "cross-lingual", "multi-article", "metadata", "date-filtered",
-               "follow-up", "unanswerable")
+VALID_TYPES = (
+    "factoid",
+    "paraphrase",
+    "cross-lingual",
+    "multi-article",
+    "metadata",
+    "date-filtered",
+    "follow-up",
+    "unanswerable",
+)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -68,8 +76,9 @@ def load_questions(path: Path, limit: int | None = None) -> list[Question]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"Cannot read question set {path}: {exc}.",
-                          "Give a UTF-8 JSONL file (see eval/README.md).") from None
+        raise ConfigError(
+            f"Cannot read question set {path}: {exc}.", "Give a UTF-8 JSONL file (see eval/README.md)."
+        ) from None
     out: list[Question] = []
     for no, line in enumerate(lines, 1):
         if not line.strip():
@@ -81,13 +90,19 @@ def load_questions(path: Path, limit: int | None = None) -> list[Question]:
                     raise ValueError(f"missing field {key!r}")
             if row["type"] not in VALID_TYPES:
                 raise ValueError(f"unknown type {row['type']!r}")
-            out.append(Question(
-                id=str(row["id"]), question=str(row["question"]), lang=str(row["lang"]), type=str(row["type"]),
-                gold=[str(g) for g in row["gold"]],
-                answers={"en": list(row["answers"].get("en", [])), "zh": list(row["answers"].get("zh", []))},
-                filters=dict(row.get("filters") or {}), history=list(row.get("history") or []),
-                key_facts=list(row.get("key_facts") or []),
-            ))
+            out.append(
+                Question(
+                    id=str(row["id"]),
+                    question=str(row["question"]),
+                    lang=str(row["lang"]),
+                    type=str(row["type"]),
+                    gold=[str(g) for g in row["gold"]],
+                    answers={"en": list(row["answers"].get("en", [])), "zh": list(row["answers"].get("zh", []))},
+                    filters=dict(row.get("filters") or {}),
+                    history=list(row.get("history") or []),
+                    key_facts=list(row.get("key_facts") or []),
+                )
+            )
         except (ValueError, TypeError, AttributeError) as exc:
             raise ConfigError(f"{path}:{no}: bad question line ({exc}).", "See the schema in eval/README.md.") from None
     if not out:
@@ -135,8 +150,9 @@ def corpus_roots(questions: Sequence[Question], set_path: Path, repo_root: Path 
             )
     for r in roots:
         if not r.is_dir():
-            raise ConfigError(f"The folder {r} needed by {set_path.name} does not exist.",
-                              "Restore it or pick another set.")
+            raise ConfigError(
+                f"The folder {r} needed by {set_path.name} does not exist.", "Restore it or pick another set."
+            )
     return roots
 
 
@@ -218,22 +234,25 @@ class LLMJudge:
             key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
             if not key:
                 raise ConfigError("The judge 'openai' needs an API key.", "Set BAOKAN_OPENAI_API_KEY.")
-            self._client = openai.OpenAI(base_url=settings.openai_base_url, api_key=key,
-                                         timeout=settings.llm_timeout, max_retries=1)
+            self._client = openai.OpenAI(
+                base_url=settings.openai_base_url, api_key=key, timeout=settings.llm_timeout, max_retries=1
+            )
         else:
             from rag.errors import UnknownBackendError
 
             raise UnknownBackendError("judge", name, ["local", "openai"])
 
     def verdict(self, statement: str, context: str) -> bool | None:
-        messages = [{"role": "user", "content": JUDGE_PROMPT.format(context=context[:JUDGE_CONTEXT_CHARS],
-                                                                     statement=statement)}]
+        messages = [
+            {"role": "user", "content": JUDGE_PROMPT.format(context=context[:JUDGE_CONTEXT_CHARS], statement=statement)}
+        ]
         if self._local is not None:
             reply = self._local.chat(messages, max_tokens=4, temperature=0.0)
             text = str(reply["choices"][0]["message"]["content"] or "")
         else:
-            reply = self._client.chat.completions.create(model=self.settings.openai_model, messages=messages,
-                                                         max_tokens=4, temperature=0.0)
+            reply = self._client.chat.completions.create(
+                model=self.settings.openai_model, messages=messages, max_tokens=4, temperature=0.0
+            )
             text = reply.choices[0].message.content or ""
         if _YES_RE.match(text):
             return True
@@ -260,8 +279,10 @@ def _call_answerer(app: Any, q: Question, mode: str, llm: str, flt: SearchFilter
         result: Answer = ask_llm(q.question, **kwargs)
         return result
     if llm != "extractive":
-        raise ConfigError(f"The answer backend {llm!r} needs Baokan.ask_llm, which this version lacks.",
-                          "Evaluate with --llm extractive.")
+        raise ConfigError(
+            f"The answer backend {llm!r} needs Baokan.ask_llm, which this version lacks.",
+            "Evaluate with --llm extractive.",
+        )
     answer: Answer = app.ask(q.question, flt=flt, mode=mode)
     return answer
 
@@ -270,10 +291,14 @@ def _passage_text(c: Any) -> str:
     """What a citation shows the reader: its passage in both languages plus the article's
     headline, date, page and author (metadata answers are supported by these)."""
     page = "" if c.page is None else str(c.page)
-    meta_en = " | ".join(x for x in (c.title_en, "People's Daily", c.date.isoformat(), page and f"page {page}",
-                                     c.author, c.column) if x and detect_lang(x) == "en")
-    meta_zh = "　".join(x for x in (c.title_zh, "人民日报", c.date.isoformat(), page and f"第{page}版",
-                                   c.author, c.column) if x)
+    meta_en = " | ".join(
+        x
+        for x in (c.title_en, "People's Daily", c.date.isoformat(), page and f"page {page}", c.author, c.column)
+        if x and detect_lang(x) == "en"
+    )
+    meta_zh = "　".join(
+        x for x in (c.title_zh, "人民日报", c.date.isoformat(), page and f"第{page}版", c.author, c.column) if x
+    )
     return "\n".join(x for x in (meta_en, c.quote_en, meta_zh, c.quote_zh) if x)
 
 
@@ -293,17 +318,33 @@ def _distinct_articles(hits: Sequence[Hit]) -> list[dict[str, Any]]:
         if p.source_path in seen:
             continue
         seen.add(p.source_path)
-        out.append({"rank": len(out) + 1, "article_id": p.article_id, "title": p.title_en or p.title_zh,
-                    "date": p.date.isoformat(), "source_path": p.source_path})
+        out.append(
+            {
+                "rank": len(out) + 1,
+                "article_id": p.article_id,
+                "title": p.title_en or p.title_zh,
+                "date": p.date.isoformat(),
+                "source_path": p.source_path,
+            }
+        )
     return out
 
 
-def evaluate_question(app: Any, q: Question, mode: str, llm: str, judge: OfflineJudge,
-                      llm_judge: LLMJudge | None = None) -> dict[str, Any]:
+def evaluate_question(
+    app: Any, q: Question, mode: str, llm: str, judge: OfflineJudge, llm_judge: LLMJudge | None = None
+) -> dict[str, Any]:
     """One record: retrieval ranks, answer, citations, support and latency (or the error)."""
     rec: dict[str, Any] = {
-        "id": q.id, "question": q.question, "type": q.type, "lang": q.lang, "mode": mode, "llm": llm,
-        "gold": q.gold, "gold_answers": q.answers, "error": None, "latency": None,
+        "id": q.id,
+        "question": q.question,
+        "type": q.type,
+        "lang": q.lang,
+        "mode": mode,
+        "llm": llm,
+        "gold": q.gold,
+        "gold_answers": q.answers,
+        "error": None,
+        "latency": None,
     }
     if q.filters:
         rec["filters"] = q.filters
@@ -334,8 +375,9 @@ def evaluate_question(app: Any, q: Question, mode: str, llm: str, judge: Offline
         acc = metrics.answer_correct(ans.answer, q.answers, ans.alt_answer) if not ans.refused else False
         rec["accuracy"] = None if not metrics.is_answerable(rec) or not any(q.answers.values()) else float(bool(acc))
 
-        valid = metrics.citation_validity(ans.answer, [c.to_json() for c in ans.citations],
-                                          _retrieved_keys(ans.hits), ans.refused)
+        valid = metrics.citation_validity(
+            ans.answer, [c.to_json() for c in ans.citations], _retrieved_keys(ans.hits), ans.refused
+        )
         rec["citation_validity"] = None if valid is None else float(valid)
         rec.update(_citation_support(ans, judge))
         rec["faithfulness"] = _faithfulness(ans, llm_judge) if llm_judge is not None else None
@@ -354,9 +396,16 @@ def _answer_fields(ans: Answer) -> dict[str, Any]:
         "standalone_question": ans.standalone_question,
         "answer_error": ans.error,
         "citations": [
-            {"n": c.n, "key": c.key, "title": c.title_en or c.title_zh, "date": c.date.isoformat(),
-             "page": c.page, "source_path": c.source_path, "quote_en": c.quote_en[:QUOTE_CHARS],
-             "quote_zh": c.quote_zh[:QUOTE_CHARS]}
+            {
+                "n": c.n,
+                "key": c.key,
+                "title": c.title_en or c.title_zh,
+                "date": c.date.isoformat(),
+                "page": c.page,
+                "source_path": c.source_path,
+                "quote_en": c.quote_en[:QUOTE_CHARS],
+                "quote_zh": c.quote_zh[:QUOTE_CHARS],
+            }
             for c in ans.citations
         ],
     }
@@ -368,8 +417,11 @@ def _citation_support(ans: Answer, judge: OfflineJudge) -> dict[str, Any]:
     sentences = metrics.cited_sentences(ans.answer)
     passages = {c.n: _passage_text(c) for c in ans.citations}
     scores = metrics.alce_citation_scores(sentences, passages, judge)
-    return {"citation_recall": scores["recall"], "citation_precision": scores["precision"],
-            "support": scores["sentences"]}
+    return {
+        "citation_recall": scores["recall"],
+        "citation_precision": scores["precision"],
+        "support": scores["sentences"],
+    }
 
 
 def _faithfulness(ans: Answer, llm_judge: LLMJudge) -> float | None:
@@ -384,12 +436,18 @@ def _faithfulness(ans: Answer, llm_judge: LLMJudge) -> float | None:
 # --------------------------------------------------------------------------- runs
 
 
-def run_questions(app: Any, questions: Sequence[Question], mode: str, llm: str, judge: OfflineJudge,
-                  llm_judge: LLMJudge | None = None, progress: bool = True) -> list[dict[str, Any]]:
+def run_questions(
+    app: Any,
+    questions: Sequence[Question],
+    mode: str,
+    llm: str,
+    judge: OfflineJudge,
+    llm_judge: LLMJudge | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
-    bar = tqdm(questions, desc=f"{mode}+{llm}", unit="q", file=sys.stderr, dynamic_ncols=True,
-               disable=not progress)
+    bar = tqdm(questions, desc=f"{mode}+{llm}", unit="q", file=sys.stderr, dynamic_ncols=True, disable=not progress)
     records = []
     errors = 0
     for q in bar:
@@ -433,10 +491,18 @@ class EvalResult:
     report: Path | None = None
 
 
-def run_eval(set_path: Path, out: Path, modes: Sequence[str] = ("hybrid",), llms: Sequence[str] = ("extractive",),
-             limit: int | None = None, judge_name: str | None = None, progress: bool = True,
-             settings_overrides: dict[str, Any] | None = None, cache_dir: Path | None = None,
-             write_report: bool = True) -> EvalResult:
+def run_eval(
+    set_path: Path,
+    out: Path,
+    modes: Sequence[str] = ("hybrid",),
+    llms: Sequence[str] = ("extractive",),
+    limit: int | None = None,
+    judge_name: str | None = None,
+    progress: bool = True,
+    settings_overrides: dict[str, Any] | None = None,
+    cache_dir: Path | None = None,
+    write_report: bool = True,
+) -> EvalResult:
     """Index what the set needs, run every (mode, backend) pair and write records, summary and report."""
     from rag.config import get_settings
     from rag.pipeline import Baokan
@@ -469,7 +535,9 @@ def run_eval(set_path: Path, out: Path, modes: Sequence[str] = ("hybrid",), llms
                     for r in records:
                         fh.write(json.dumps(r, ensure_ascii=False) + "\n")
                 runs[name] = {
-                    "mode": mode, "llm": llm, "records": path.name,
+                    "mode": mode,
+                    "llm": llm,
+                    "records": path.name,
                     "overall": metrics.summarize(records),
                     "by_type": metrics.breakdown(records, "type"),
                     "by_lang": metrics.breakdown(records, "lang"),
@@ -479,11 +547,17 @@ def run_eval(set_path: Path, out: Path, modes: Sequence[str] = ("hybrid",), llms
         if llm_judge is not None:
             llm_judge.close()
         app.close()
-    summary = _clean({
-        "set": str(set_path), "questions": len(questions), "created": dt.datetime.now().isoformat(timespec="seconds"),
-        "index": {"data_dir": str(cache), "roots": [str(r) for r in roots], **counts},
-        "support_threshold": SUPPORT_THRESHOLD, "judge": judge_name, "runs": runs,
-    })
+    summary = _clean(
+        {
+            "set": str(set_path),
+            "questions": len(questions),
+            "created": dt.datetime.now().isoformat(timespec="seconds"),
+            "index": {"data_dir": str(cache), "roots": [str(r) for r in roots], **counts},
+            "support_threshold": SUPPORT_THRESHOLD,
+            "judge": judge_name,
+            "runs": runs,
+        }
+    )
     (out / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8")
     result = EvalResult(out, summary, all_records)
     if write_report:
@@ -493,8 +567,20 @@ def run_eval(set_path: Path, out: Path, modes: Sequence[str] = ("hybrid",), llms
     return result
 
 
-SHOWN = ("hit@1", "hit@5", "mrr", "ndcg@10", "accuracy", "rejection_rate", "false_refusal_rate",
-         "citation_validity", "citation_recall", "citation_precision", "latency_p50", "errors")
+SHOWN = (
+    "hit@1",
+    "hit@5",
+    "mrr",
+    "ndcg@10",
+    "accuracy",
+    "rejection_rate",
+    "false_refusal_rate",
+    "citation_validity",
+    "citation_recall",
+    "citation_precision",
+    "latency_p50",
+    "errors",
+)
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -517,8 +603,9 @@ def main(args: argparse.Namespace) -> int:
     """``baokan eval``: returns 0, or 1 when every question of some run failed."""
     set_path = Path(args.set) if getattr(args, "set", None) else REPO_ROOT / "eval" / "questions_seeds.jsonl"
     if not set_path.is_file():
-        raise ConfigError(f"Question set {set_path} not found.",
-                          "Give --set eval/questions_seeds.jsonl or another JSONL set.")
+        raise ConfigError(
+            f"Question set {set_path} not found.", "Give --set eval/questions_seeds.jsonl or another JSONL set."
+        )
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if getattr(args, "out", None) else REPO_ROOT / "eval" / "runs" / stamp
     modes = _split_list(getattr(args, "retrieval", None), "hybrid", MODES, "retrieval mode")
@@ -538,5 +625,14 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["SUPPORT_THRESHOLD", "BaokanError", "EvalResult", "OfflineJudge", "Question", "evaluate_question",
-           "load_questions", "main", "run_eval"]
+__all__ = [
+    "SUPPORT_THRESHOLD",
+    "BaokanError",
+    "EvalResult",
+    "OfflineJudge",
+    "Question",
+    "evaluate_question",
+    "load_questions",
+    "main",
+    "run_eval",
+]

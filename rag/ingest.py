@@ -106,6 +106,7 @@ def iter_files(paths: Sequence[str | Path], skipped: list[tuple[str, str]]) -> I
         if not p.is_dir():
             skipped.append((str(p), "not a regular file or folder"))
             continue
+
         def unreadable(e: OSError) -> None:
             skipped.append((str(e.filename), f"unreadable folder ({e.strerror})"))
 
@@ -399,4 +400,3 @@ class Ingestor:
                     raise
                 removed += 1
         return removed
-

@@ -286,9 +286,7 @@ class LlamaServer:
         env.setdefault("HF_HUB_OFFLINE", "1")
         # The child runs `-m rag.llamacpp`; make sure it imports *this* rag package.
         package_root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (package_root, env.get("PYTHONPATH", "")) if p
-        )
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
         self._proc = subprocess.Popen(
             self._command(),
             stdin=subprocess.PIPE,
@@ -463,9 +461,7 @@ class LlamaServer:
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 last_error = str(exc)  # 503 while loading, or connection refused
                 time.sleep(0.1)
-        raise self._fail(
-            f"did not answer on {root} within {self.start_timeout:.0f} s ({last_error})"
-        )
+        raise self._fail(f"did not answer on {root} within {self.start_timeout:.0f} s ({last_error})")
 
 
 # --- in-process engine ----------------------------------------------------------
@@ -545,7 +541,7 @@ class LocalLlama:
         def work() -> None:
             try:
                 self._call(request, on_chunk)
-            except Exception as exc:  # noqa: BLE001 - re-raised in the consuming thread
+            except Exception as exc:
                 chunks.put(exc)
             finally:
                 chunks.put(_DONE)

@@ -139,8 +139,9 @@ def citation_markers(text: str) -> list[int]:
     return [int(m) for m in _MARK_RE.findall(text)]
 
 
-def citation_validity(answer: str, citations: Sequence[Mapping[str, Any]], retrieved_keys: Iterable[str],
-                      refused: bool = False) -> bool | None:
+def citation_validity(
+    answer: str, citations: Sequence[Mapping[str, Any]], retrieved_keys: Iterable[str], refused: bool = False
+) -> bool | None:
     """Every ``[n]`` names a citation whose key was retrieved (a hit's passage or its translation).
 
     A non-refused answer with no marker at all is invalid: an uncited answer is
@@ -172,7 +173,7 @@ def cited_sentences(answer: str) -> list[tuple[str, list[int]]]:
         m = _LEADING_MARKS_RE.match(s)
         if m and out:
             out[-1][1].extend(citation_markers(m.group(1)))
-            s = s[m.end():]
+            s = s[m.end() :]
         marks = citation_markers(s)
         text = _SPACE_BEFORE_PUNCT_RE.sub(r"\1", _MARK_RE.sub("", s)).strip()
         if text and any(ch.isalnum() for ch in text):
@@ -182,8 +183,9 @@ def cited_sentences(answer: str) -> list[tuple[str, list[int]]]:
     return [(t, sorted(set(ns), key=ns.index)) for t, ns in out]
 
 
-def alce_citation_scores(sentences: Sequence[tuple[str, Sequence[int]]], passages: Mapping[int, str],
-                         judge: SupportJudge) -> dict[str, Any]:
+def alce_citation_scores(
+    sentences: Sequence[tuple[str, Sequence[int]]], passages: Mapping[int, str], judge: SupportJudge
+) -> dict[str, Any]:
     """ALCE citation recall and precision of one answer (Gao et al. 2023, ``compute_autoais``).
 
     recall = share of sentences supported by the union of their cited passages
@@ -254,8 +256,19 @@ def _mean(values: Iterable[Any]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
-RATE_FIELDS = ("hit@1", "hit@5", "recall@5", "recall@10", "mrr", "ndcg@10", "accuracy",
-               "citation_validity", "citation_recall", "citation_precision", "faithfulness")
+RATE_FIELDS = (
+    "hit@1",
+    "hit@5",
+    "recall@5",
+    "recall@10",
+    "mrr",
+    "ndcg@10",
+    "accuracy",
+    "citation_validity",
+    "citation_recall",
+    "citation_precision",
+    "faithfulness",
+)
 """Per-record fields whose mean is reported (the runner fills them)."""
 
 
@@ -303,7 +316,12 @@ def failure_kind(record: Record) -> str | None:
 def failure_severity(record: Record) -> float:
     """Sort key: worse failures first (errors, then confident wrong answers, then misses)."""
     kind = failure_kind(record)
-    base = {"error": 4.0, "answered when unanswerable": 3.0, "wrong answer": 2.0,
-            "refused when answerable": 1.5, "invalid citations": 1.0}.get(kind or "", 0.0)
+    base = {
+        "error": 4.0,
+        "answered when unanswerable": 3.0,
+        "wrong answer": 2.0,
+        "refused when answerable": 1.5,
+        "invalid citations": 1.0,
+    }.get(kind or "", 0.0)
     # A wrong answer whose gold article was not even retrieved is a retrieval failure: worse.
     return base + (0.5 if record.get("hit@5") == 0.0 else 0.0)

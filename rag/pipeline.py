@@ -137,3 +137,6 @@ class Baokan:
     def close(self) -> None:
         if self._index is not None:
             self._index.close()
+        if self._store is not None:
+            self._store.close()
+            self._store = None

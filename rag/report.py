@@ -16,8 +16,18 @@ from typing import Any
 
 from rag import metrics
 
-COMPARE = ("hit@1", "hit@5", "mrr", "ndcg@10", "accuracy", "rejection_rate", "false_refusal_rate",
-           "citation_validity", "citation_recall", "citation_precision")
+COMPARE = (
+    "hit@1",
+    "hit@5",
+    "mrr",
+    "ndcg@10",
+    "accuracy",
+    "rejection_rate",
+    "false_refusal_rate",
+    "citation_validity",
+    "citation_recall",
+    "citation_precision",
+)
 BREAKDOWN = ("hit@5", "mrr", "accuracy", "citation_recall")
 MAX_FAILURES = 25
 
@@ -50,8 +60,12 @@ def _png(fig: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def grouped_bars(groups: Sequence[str], series: Mapping[str, Sequence[float | None]], title: str,
-                 ylim: tuple[float, float] | None = (0.0, 1.12)) -> str:
+def grouped_bars(
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[float | None]],
+    title: str,
+    ylim: tuple[float, float] | None = (0.0, 1.12),
+) -> str:
     """A grouped bar chart as a data URI (missing values drawn as empty slots)."""
     plt = _plt()
     n = max(1, len(series))
@@ -63,8 +77,9 @@ def grouped_bars(groups: Sequence[str], series: Mapping[str, Sequence[float | No
         bars = ax.bar(xs, ys, width=width, label=name)
         for b, v in zip(bars, values, strict=True):
             if v is not None:
-                ax.annotate(f"{v:.2f}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
-                            va="bottom", fontsize=7)
+                ax.annotate(
+                    f"{v:.2f}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=7
+                )
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=20, ha="right", fontsize=9)
     if ylim:
@@ -89,11 +104,17 @@ def _fmt(v: Any) -> str:
 def _table(rows: Sequence[Sequence[Any]], head: Sequence[str]) -> str:
     # Underscores become spaces so long metric names wrap and the table fits the page.
     cells = [html.escape(h.replace("_", " ")) for h in head]
-    out = ["<table><tr>" + "".join(f"<th class='l'>{h}</th>" if i == 0 else f"<th>{h}</th>"
-                                   for i, h in enumerate(cells)) + "</tr>"]
+    out = [
+        "<table><tr>"
+        + "".join(f"<th class='l'>{h}</th>" if i == 0 else f"<th>{h}</th>" for i, h in enumerate(cells))
+        + "</tr>"
+    ]
     for row in rows:
-        out.append("<tr>" + "".join(f"<td class='l'>{_fmt(v)}</td>" if i == 0 else f"<td>{_fmt(v)}</td>"
-                                    for i, v in enumerate(row)) + "</tr>")
+        out.append(
+            "<tr>"
+            + "".join(f"<td class='l'>{_fmt(v)}</td>" if i == 0 else f"<td>{_fmt(v)}</td>" for i, v in enumerate(row))
+            + "</tr>"
+        )
     out.append("</table>")
     return "\n".join(out)
 
@@ -119,13 +140,18 @@ def _failure_html(r: Mapping[str, Any]) -> str:
         for c in r.get("citations") or []:
             quote = (c.get("quote_en") or "")[:400]
             quote_zh = (c.get("quote_zh") or "")[:200]
-            parts.append(f"<div class='cite'>[{c.get('n')}] <b>{e(str(c.get('title')))}</b> {e(str(c.get('date')))}"
-                         f" · {e(str(c.get('source_path', '')).rsplit('/', 1)[-1])}\n{e(quote)}\n{e(quote_zh)}</div>")
+            parts.append(
+                f"<div class='cite'>[{c.get('n')}] <b>{e(str(c.get('title')))}</b> {e(str(c.get('date')))}"
+                f" · {e(str(c.get('source_path', '')).rsplit('/', 1)[-1])}\n{e(quote)}\n{e(quote_zh)}</div>"
+            )
         if not r.get("citations"):
             top = (r.get("retrieved") or [])[:3]
             if top:
-                parts.append("<div class='cite'>top retrieved: " + e("; ".join(
-                    f"{a['rank']}. {a['title']} ({a['date']})" for a in top)) + "</div>")
+                parts.append(
+                    "<div class='cite'>top retrieved: "
+                    + e("; ".join(f"{a['rank']}. {a['title']} ({a['date']})" for a in top))
+                    + "</div>"
+                )
     parts.append("</div>")
     return "\n".join(parts)
 
@@ -136,17 +162,27 @@ def render(summary: Mapping[str, Any], records: Mapping[str, Sequence[Mapping[st
     names = list(runs)
     e = html.escape
     index = summary.get("index", {})
-    body = [f"<h1>Baokan grounding evaluation</h1><div class='muted'>set {e(str(summary.get('set')))} · "
-            f"{summary.get('questions')} questions · {e(str(summary.get('created')))} · index "
-            f"{index.get('articles', '?')} articles / {index.get('passages', '?')}"
-            f" passages · support threshold {summary.get('support_threshold')} · LLM judge "
-            f"{e(str(summary.get('judge') or 'none'))}</div>"]
+    body = [
+        f"<h1>Baokan grounding evaluation</h1><div class='muted'>set {e(str(summary.get('set')))} · "
+        f"{summary.get('questions')} questions · {e(str(summary.get('created')))} · index "
+        f"{index.get('articles', '?')} articles / {index.get('passages', '?')}"
+        f" passages · support threshold {summary.get('support_threshold')} · LLM judge "
+        f"{e(str(summary.get('judge') or 'none'))}</div>"
+    ]
 
     body.append("<h2>Runs compared</h2>")
     head = ["run", *COMPARE, "latency p50 (s)", "latency p95 (s)", "errors", "n"]
-    rows = [[n, *[runs[n]["overall"].get(m) for m in COMPARE], runs[n]["overall"].get("latency_p50"),
-             runs[n]["overall"].get("latency_p95"), runs[n]["overall"].get("errors"), runs[n]["overall"].get("n")]
-            for n in names]
+    rows = [
+        [
+            n,
+            *[runs[n]["overall"].get(m) for m in COMPARE],
+            runs[n]["overall"].get("latency_p50"),
+            runs[n]["overall"].get("latency_p95"),
+            runs[n]["overall"].get("errors"),
+            runs[n]["overall"].get("n"),
+        ]
+        for n in names
+    ]
     body.append(_table(rows, head))
     overall = {n: [runs[n]["overall"].get(m) for m in COMPARE] for n in names}
     uri = grouped_bars(list(COMPARE), overall, "All metrics by run")
@@ -167,17 +203,21 @@ def render(summary: Mapping[str, Any], records: Mapping[str, Sequence[Mapping[st
             rej = ", ".join(e(n) + " " + _fmt(runs[n]["overall"].get("rejection_rate")) for n in names)
             body.append(f"<div class='muted'>Refusal rate on unanswerable questions: {rej}</div>")
 
-    body.append("<h2>Worst failures</h2><div class='muted'>Errors, answers to unanswerable questions, wrong answers "
-                "and refusals of answerable ones, worst first (a miss whose gold article was not retrieved ranks "
-                "higher). Per run, at most "
-                f"{MAX_FAILURES}.</div>")
+    body.append(
+        "<h2>Worst failures</h2><div class='muted'>Errors, answers to unanswerable questions, wrong answers "
+        "and refusals of answerable ones, worst first (a miss whose gold article was not retrieved ranks "
+        "higher). Per run, at most "
+        f"{MAX_FAILURES}.</div>"
+    )
     for n in names:
         fails = [r for r in records.get(n, []) if metrics.failure_kind(r)]
         fails.sort(key=lambda r: -metrics.failure_severity(r))
         body.append(f"<h3>{e(n)}: {len(fails)} failures of {len(records.get(n, []))}</h3>")
         body.extend(_failure_html(r) for r in fails[:MAX_FAILURES])
-    return ("<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Baokan evaluation</title>"
-            f"<style>{CSS}</style></head><body>" + "\n".join(body) + "</body></html>")
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Baokan evaluation</title>"
+        f"<style>{CSS}</style></head><body>" + "\n".join(body) + "</body></html>"
+    )
 
 
 def write_report(out: Path, summary: Mapping[str, Any], records: Mapping[str, Sequence[Mapping[str, Any]]]) -> Path:

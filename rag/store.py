@@ -43,6 +43,8 @@ class VectorStore(Protocol):
 
     def count(self) -> int: ...
 
+    def close(self) -> None: ...
+
 
 class _RefuseToEmbed(EmbeddingFunction[Documents]):
     """Handed to Chroma so its default embedder (which downloads a model) never loads.
@@ -73,6 +75,20 @@ class ChromaStore:
     """Chroma collection with cosine space; embedded or talking to `chroma run`."""
 
     def __init__(self, settings: Settings, embedder_name: str, dim: int) -> None:
+        self._settings = settings
+        self._embedder_name = embedder_name
+        self._dim = dim
+        self._open()
+        stored = (self.collection.metadata or {}).get("embedder")
+        if stored and stored != embedder_name:
+            raise StoreError(
+                f"The index at {settings.chroma_url or settings.data_dir} was built with embedder "
+                f"{stored!r}, not {embedder_name!r}.",
+                "Use the same BAOKAN_EMBEDDER, or a new BAOKAN_DATA_DIR / BAOKAN_COLLECTION.",
+            )
+
+    def _open(self) -> None:
+        settings, embedder_name, dim = self._settings, self._embedder_name, self._dim
         chroma_settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
         try:
             if settings.chroma_url:
@@ -102,32 +118,38 @@ class ChromaStore:
                 if settings.chroma_url
                 else "Check that BAOKAN_DATA_DIR is a writable folder.",
             ) from None
-        stored = (self.collection.metadata or {}).get("embedder")
-        if stored and stored != embedder_name:
-            raise StoreError(
-                f"The index at {settings.chroma_url or settings.data_dir} was built with embedder "
-                f"{stored!r}, not {embedder_name!r}.",
-                "Use the same BAOKAN_EMBEDDER, or a new BAOKAN_DATA_DIR / BAOKAN_COLLECTION.",
-            )
 
     def add(self, passages: Sequence[Passage], vectors: np.ndarray) -> None:
+        """Upsert, then read the keys back: the caller marks articles indexed only after this.
+
+        An embedded Chroma that hit a full disk once was seen accepting later upserts
+        without storing them; a write that did not land must fail here, not leave the
+        manifest claiming passages the store lacks.
+        """
         for i in range(0, len(passages), _BATCH):
             chunk = passages[i : i + _BATCH]
+            ids = [p.key for p in chunk]
             self._call(
-                self.collection.upsert,
-                ids=[p.key for p in chunk],
+                "upsert",
+                ids=ids,
                 embeddings=vectors[i : i + _BATCH],
                 metadatas=[_meta(p) for p in chunk],
             )
+            stored = len(self._call("get", ids=ids, include=[])["ids"])
+            if stored != len(ids):
+                raise StoreError(
+                    f"Chroma kept {stored} of {len(ids)} vectors just written.",
+                    "Check free disk space, then re-run `baokan ingest` (it resumes).",
+                )
 
     def delete_article(self, article_id: str) -> None:
-        self._call(self.collection.delete, where={"article_id": article_id})
+        self._call("delete", where={"article_id": article_id})
 
     def query(self, vector: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[tuple[str, float]]:
         if k <= 0:
             return []
         res = self._call(
-            self.collection.query,
+            "query",
             query_embeddings=[vector],
             n_results=k,
             where=_where(flt),
@@ -138,34 +160,58 @@ class ChromaStore:
         return [(i, 1.0 - float(d)) for i, d in zip(ids, dists, strict=False)]
 
     def count(self) -> int:
-        return int(self._call(self.collection.count))
+        return int(self._call("count"))
 
     def ids(self, page: int = 5000) -> Iterator[str]:
         """Every stored passage key, paged (to check the store against the keyword index)."""
         offset = 0
         while True:
-            res = self._call(self.collection.get, include=[], limit=page, offset=offset)
+            res = self._call("get", include=[], limit=page, offset=offset)
             ids = list(res["ids"])
             if not ids:
                 return
             yield from ids
             offset += len(ids)
 
+    def close(self) -> None:
+        """Release the client, so that opening the same path again starts a fresh Chroma
+        system instead of chromadb's cached one (which may hold a failed state)."""
+        try:
+            self.client.close()
+        except Exception:  # closing must not mask the error that led here
+            logging.getLogger(__name__).debug("closing the Chroma client failed", exc_info=True)
+
     def keys_of(self, article_id: str) -> list[str]:
-        res = self._call(self.collection.get, where={"article_id": article_id}, include=[])
+        res = self._call("get", where={"article_id": article_id}, include=[])
         return list(res["ids"])
 
-    @staticmethod
-    def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, method: str, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            return getattr(self.collection, method)(**kwargs)
         except StoreError:
             raise
         except Exception as exc:
+            if not self._settings.chroma_url:
+                self._reopen()
             raise StoreError(
                 f"Chroma request failed: {exc.__class__.__name__}: {exc}.",
-                "If you use a Chroma server, check that it is running; then retry.",
+                "If you use a Chroma server, check that it is running; then retry."
+                if self._settings.chroma_url
+                else "Check free disk space and permissions of BAOKAN_DATA_DIR; then retry.",
             ) from None
+
+    def _reopen(self) -> None:
+        """Start a fresh embedded Chroma after a failed request.
+
+        After a write failed on a full disk, chromadb's cached system for the path
+        sometimes blocked every later call (count() never returned). Dropping it
+        and opening a new one makes the next call either work or fail cleanly.
+        """
+        self.close()
+        try:
+            self._open()
+        except StoreError:
+            logging.getLogger(__name__).warning("reopening the Chroma store failed; the next request retries")
 
 
 def _meta(p: Passage) -> dict[str, Any]:

@@ -222,8 +222,6 @@ def _is_refusal(text: str) -> bool:
     return any(cue in low for cue in _REFUSAL_CUES)
 
 
-
-
 def _highlight(c: Citation, lang: Lang, text: str) -> Citation:
     # Whole-passage units are not highlights: only sentences are.
     if text in (c.quote_en, c.quote_zh):

@@ -39,8 +39,10 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> evaluate.EvalResult:
 def test_seeds_eval_stays_above_recorded_floors(result: evaluate.EvalResult) -> None:
     overall = result.summary["runs"]["hybrid+extractive"]["overall"]
     floors: dict[str, float] = FLOORS["hybrid+extractive"]
-    print("\nmeasured (hybrid+extractive, seeds):",
-          json.dumps({k: overall[k] for k in (*floors, "accuracy", "errors", "latency_p50")}, indent=1))
+    print(
+        "\nmeasured (hybrid+extractive, seeds):",
+        json.dumps({k: overall[k] for k in (*floors, "accuracy", "errors", "latency_p50")}, indent=1),
+    )
     below = {k: (overall[k], floor) for k, floor in floors.items() if overall[k] is None or overall[k] < floor}
     assert not below, f"below the recorded floors (measured, floor): {below}"
     assert overall["errors"] == 0, [r["error"] for r in result.records["hybrid+extractive"] if r["error"]]
@@ -81,8 +83,9 @@ def test_a_failing_question_is_recorded_not_dropped(result: evaluate.EvalResult)
     app = Baokan(get_settings({"data_dir": Path(result.summary["index"]["data_dir"])}))
     try:
         judge = evaluate.OfflineJudge(SupportScorer(app.embedder))
-        bad = evaluate.Question("bad-1", "   ", "en", "factoid", ["seeds/000_1bca0996e3dfc6b6.txt"],
-                                {"en": ["22"], "zh": []})
+        bad = evaluate.Question(
+            "bad-1", "   ", "en", "factoid", ["seeds/000_1bca0996e3dfc6b6.txt"], {"en": ["22"], "zh": []}
+        )
         rec = evaluate.evaluate_question(app, bad, "hybrid", "extractive", judge)
     finally:
         app.close()

@@ -122,9 +122,7 @@ def test_killed_server_gives_connection_error_and_keeps_its_log() -> None:
     try:
         server.kill()  # SIGKILL, as if it crashed
         with pytest.raises(openai.APIConnectionError):
-            _client(server).chat.completions.create(
-                model=server.model, messages=MESSAGES, max_tokens=8
-            )
+            _client(server).chat.completions.create(model=server.model, messages=MESSAGES, max_tokens=8)
         assert server.log_path is not None and server.log_path.exists()
     finally:
         server.stop()

@@ -43,8 +43,12 @@ def test_hit_recall_and_mrr() -> None:
 
 
 def test_retrieval_metrics_undefined_without_gold() -> None:
-    for fn in (lambda r: metrics.hit_at(r, 5), lambda r: metrics.recall_at(r, 5), metrics.reciprocal_rank,
-               metrics.ndcg_at):
+    for fn in (
+        lambda r: metrics.hit_at(r, 5),
+        lambda r: metrics.recall_at(r, 5),
+        metrics.reciprocal_rank,
+        metrics.ndcg_at,
+    ):
         assert fn([]) is None
 
 
@@ -62,8 +66,15 @@ def test_ndcg_by_hand() -> None:
 
 @pytest.mark.parametrize(
     ("a", "b"),
-    [("二十二", "22"), ("两百", "200"), ("２２", "22"), ("200,000", "200000"), ("Two Thousand", "twothousand"),
-     ("10月24日", "10月24日"), ("一九五九年", "1959年")],
+    [
+        ("二十二", "22"),
+        ("两百", "200"),
+        ("２２", "22"),
+        ("200,000", "200000"),
+        ("Two Thousand", "twothousand"),
+        ("10月24日", "10月24日"),
+        ("一九五九年", "1959年"),
+    ],
 )
 def test_normalize_answer_equates_number_forms(a: str, b: str) -> None:
     assert metrics.normalize_answer(a) == metrics.normalize_answer(b)
@@ -91,8 +102,13 @@ def _rec(type_: str, refused: bool, **kw: object) -> dict[str, object]:
 
 def test_rejection_and_false_refusal_rates() -> None:
     recs = [
-        _rec("unanswerable", True), _rec("unanswerable", False), _rec("unanswerable", True),
-        _rec("factoid", True), _rec("factoid", False), _rec("metadata", False), _rec("paraphrase", False),
+        _rec("unanswerable", True),
+        _rec("unanswerable", False),
+        _rec("unanswerable", True),
+        _rec("factoid", True),
+        _rec("factoid", False),
+        _rec("metadata", False),
+        _rec("paraphrase", False),
         {"type": "unanswerable", "refused": False, "error": "Boom"},  # errored: not in either rate
     ]
     assert metrics.rejection_rate(recs) == pytest.approx(2 / 3)
@@ -132,11 +148,11 @@ def _substring_judge(sentence: str, passages: Sequence[str]) -> bool:
 def test_alce_recall_and_precision_by_hand() -> None:
     passages = {1: "alpha rose", 2: "beta fell", 3: "gamma unrelated", 4: "alpha"}
     sentences = [
-        ("alpha rose.", [1]),       # supported, 1 needed citation
-        ("alpha rose.", [1, 3]),    # supported; 3 alone fails and 1 alone suffices -> 3 irrelevant
-        ("alpha beta.", [1, 2]),    # supported only jointly: both needed
-        ("delta sank.", [2]),       # unsupported: its citation is not needed
-        ("alpha rose.", []),        # uncited: unsupported
+        ("alpha rose.", [1]),  # supported, 1 needed citation
+        ("alpha rose.", [1, 3]),  # supported; 3 alone fails and 1 alone suffices -> 3 irrelevant
+        ("alpha beta.", [1, 2]),  # supported only jointly: both needed
+        ("delta sank.", [2]),  # unsupported: its citation is not needed
+        ("alpha rose.", []),  # uncited: unsupported
     ]
     out = metrics.alce_citation_scores(sentences, passages, _substring_judge)
     assert out["recall"] == pytest.approx(3 / 5)
@@ -173,12 +189,36 @@ def test_percentile_interpolates() -> None:
 
 def test_summarize_counts_errors_and_skips_undefined_values() -> None:
     recs = [
-        {"type": "factoid", "lang": "en", "refused": False, "error": None, "hit@5": 1.0, "mrr": 1.0,
-         "accuracy": 1.0, "latency": 1.0},
-        {"type": "factoid", "lang": "zh", "refused": False, "error": None, "hit@5": 0.0, "mrr": 0.0,
-         "accuracy": 0.0, "latency": 3.0},
-        {"type": "unanswerable", "lang": "en", "refused": True, "error": None, "hit@5": None, "mrr": None,
-         "accuracy": None, "latency": 2.0},
+        {
+            "type": "factoid",
+            "lang": "en",
+            "refused": False,
+            "error": None,
+            "hit@5": 1.0,
+            "mrr": 1.0,
+            "accuracy": 1.0,
+            "latency": 1.0,
+        },
+        {
+            "type": "factoid",
+            "lang": "zh",
+            "refused": False,
+            "error": None,
+            "hit@5": 0.0,
+            "mrr": 0.0,
+            "accuracy": 0.0,
+            "latency": 3.0,
+        },
+        {
+            "type": "unanswerable",
+            "lang": "en",
+            "refused": True,
+            "error": None,
+            "hit@5": None,
+            "mrr": None,
+            "accuracy": None,
+            "latency": 2.0,
+        },
         {"type": "factoid", "lang": "en", "refused": False, "error": "ValueError: x", "hit@5": None, "latency": None},
     ]
     s = metrics.summarize(recs)

@@ -26,9 +26,11 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
 SEEDS = REPO / "seeds"
 CORPUS = REPO.parent / "shared" / "corpus" / "rmrb"
-BAOKAN = [sys.executable, "-m", "rag.cli"] if not (Path(sys.executable).parent / "baokan").exists() else [
-    str(Path(sys.executable).parent / "baokan")
-]
+BAOKAN = (
+    [sys.executable, "-m", "rag.cli"]
+    if not (Path(sys.executable).parent / "baokan").exists()
+    else [str(Path(sys.executable).parent / "baokan")]
+)
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +78,13 @@ def _query(db: Path, sql: str) -> int:
 def _kill_when(archive: Path, data: Path, ready: Callable[[Path], bool]) -> int:
     """Start `baokan ingest`, SIGKILL it as soon as ``ready(db)``; return the passages it left."""
     db = data / "baokan.sqlite3"
-    proc = subprocess.Popen([*BAOKAN, "ingest", str(archive), "--json"], env=_env(data), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*BAOKAN, "ingest", str(archive), "--json"],
+        env=_env(data),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     try:
         while proc.poll() is None and time.monotonic() < deadline and not ready(db):
@@ -91,8 +98,14 @@ def _kill_when(archive: Path, data: Path, ready: Callable[[Path], bool]) -> int:
 
 
 def _rerun(archive: Path, data: Path) -> dict[str, object]:
-    out = subprocess.run([*BAOKAN, "ingest", str(archive), "--json"], env=_env(data), cwd=REPO,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [*BAOKAN, "ingest", str(archive), "--json"],
+        env=_env(data),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -71,8 +71,11 @@ def start_server(path: Path) -> tuple[subprocess.Popen[bytes], str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     chroma = Path(sys.executable).parent / "chroma"
-    proc = subprocess.Popen([str(chroma), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(chroma), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -170,8 +173,9 @@ def direct_insert(app: Baokan, n: int) -> dict[str, Any]:
         total += len(ps)
         i += 1
         if len(batch) >= 50 or total >= n:
-            app.index.mark_many([(x.article_id, x.content_hash, x.title, x.date.isoformat()) for x, _, _ in batch],
-                                "pending")
+            app.index.mark_many(
+                [(x.article_id, x.content_hash, x.title, x.date.isoformat()) for x, _, _ in batch], "pending"
+            )
             app.store.add([p for _, ps_, _ in batch for p in ps_], np.concatenate([v_ for _, _, v_ in batch]))
             app.index.commit_articles([(x.article_id, ps_, [(x.source_path, x.content_hash)]) for x, ps_, _ in batch])
             batch = []
@@ -188,6 +192,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=60)
     ap.add_argument("--bare-sample", type=int, default=2000)
     ap.add_argument("--data", type=Path, help="data dir (default: a temp dir, removed after)")
+    ap.add_argument("--reuse", action="store_true", help="search the index already in --data; ingest nothing")
     args = ap.parse_args()
 
     data = args.data or Path(tempfile.mkdtemp(prefix="baokan-bench-"))
@@ -200,7 +205,13 @@ def main() -> None:
         app = Baokan(Settings(**overrides))
         app.embedder.embed(["warm up"])
         out["rss_mb_before"] = round(rss_mb(), 1)
-        if args.direct:
+        if args.reuse:
+            if not args.data:
+                raise SystemExit("--reuse needs --data DIR")
+            t0 = time.perf_counter()
+            passages = app.index.counts()["passages"]  # opening upgrades an older keyword table once
+            out["reused"] = {"passages": passages, "open_s": round(time.perf_counter() - t0, 1)}
+        elif args.direct:
             out["direct"] = direct_insert(app, args.direct)
             passages = out["direct"]["passages"]
         else:
@@ -209,8 +220,12 @@ def main() -> None:
             report = app.ingest(args.paths, progress=hook)
             wall = time.perf_counter() - t0
             passages = report.passages
-            out["ingest"] = {**report.summary(), "wall_s": round(wall, 1),
-                             "passages_per_s": round(report.passages / wall, 1), "rss_samples": hook.samples}
+            out["ingest"] = {
+                **report.summary(),
+                "wall_s": round(wall, 1),
+                "passages_per_s": round(report.passages / wall, 1),
+                "rss_samples": hook.samples,
+            }
             out["bare_embed_passages_per_s"] = round(bare_embed_rate(app, args.bare_sample), 1)
             out["ingest_vs_bare"] = round(out["ingest"]["passages_per_s"] / out["bare_embed_passages_per_s"], 2)
         out["rss_mb_after_ingest"] = round(rss_mb(), 1)
@@ -236,20 +251,28 @@ def main() -> None:
 
 
 def print_table(o: dict[str, Any]) -> None:
-    rows: list[tuple[str, str]] = [("run", o["name"] + (" (chroma server)" if o["server"] else " (embedded)")),
-                                   ("passages", str(o["passages"]))]
+    rows: list[tuple[str, str]] = [
+        ("run", o["name"] + (" (chroma server)" if o["server"] else " (embedded)")),
+        ("passages", str(o["passages"])),
+    ]
     if "ingest" in o:
         i = o["ingest"]
-        rows += [("ingest passages/s", f"{i['passages_per_s']}  (wall {i['wall_s']} s)"),
-                 ("bare embedder passages/s", str(o["bare_embed_passages_per_s"])),
-                 ("ingest / bare", str(o["ingest_vs_bare"])),
-                 ("time split (s)", ", ".join(f"{k} {v}" for k, v in i["seconds"].items()))]
+        rows += [
+            ("ingest passages/s", f"{i['passages_per_s']}  (wall {i['wall_s']} s)"),
+            ("bare embedder passages/s", str(o["bare_embed_passages_per_s"])),
+            ("ingest / bare", str(o["ingest_vs_bare"])),
+            ("time split (s)", ", ".join(f"{k} {v}" for k, v in i["seconds"].items())),
+        ]
+    if "reused" in o:
+        rows.append(("reused index", f"{o['reused']['passages']} passages (opened in {o['reused']['open_s']} s)"))
     if "direct" in o:
         rows.append(("direct insert", f"{o['direct']['passages']} passages in {o['direct']['seconds']} s"))
     for k, v in o["search"].items():
         rows.append((f"{k} p50/p95 ms", f"{v['p50_ms']} / {v['p95_ms']}"))
-    rows += [("RSS MB before/after/peak", f"{o['rss_mb_before']} / {o['rss_mb_after_ingest']} / {o['peak_rss_mb']}"),
-             ("disk MB (per 100k passages)", f"{o['disk_mb']} ({o['disk_mb_per_100k']})")]
+    rows += [
+        ("RSS MB before/after/peak", f"{o['rss_mb_before']} / {o['rss_mb_after_ingest']} / {o['peak_rss_mb']}"),
+        ("disk MB (per 100k passages)", f"{o['disk_mb']} ({o['disk_mb_per_100k']})"),
+    ]
     if "server_rss_mb" in o:
         rows.append(("chroma server RSS MB", str(o["server_rss_mb"])))
     w = max(len(r[0]) for r in rows)
