@@ -88,18 +88,19 @@ def align(
     n, m = len(en), len(zh)
     if n == 0 or m == 0:
         return [([i], []) for i in range(n)] + [([], [j]) for j in range(m)]
-    en_len = [max(1, len(t)) for t in en]
-    zh_len = [max(1, len(t)) for t in zh]
-    use_vecs = en_vecs is not None and zh_vecs is not None
+    en_cum = np.concatenate([[0], np.cumsum([max(1, len(t)) for t in en])])
+    zh_cum = np.concatenate([[0], np.cumsum([max(1, len(t)) for t in zh])])
+    sims = _span_sims(en_vecs, zh_vecs) if en_vecs is not None and zh_vecs is not None else None
     neg = -1e18
-    best = np.full((n + 1, m + 1), neg)
+    best = [[neg] * (m + 1) for _ in range(n + 1)]
     back: dict[tuple[int, int], tuple[int, int]] = {}
-    best[0, 0] = 0.0
+    best[0][0] = 0.0
     for i in range(n + 1):
+        row = best[i]
         for j in range(m + 1):
-            if best[i, j] == neg:
+            base = row[j]
+            if base == neg:
                 continue
-            base = best[i, j]
             for di, dj in _MOVES:
                 ni, nj = i + di, j + dj
                 if ni > n or nj > m:
@@ -107,19 +108,15 @@ def align(
                 if di == 0 or dj == 0:
                     score = _SKIP
                 else:
-                    le = sum(en_len[i:ni])
-                    lz = sum(zh_len[j:nj])
+                    le = float(en_cum[ni] - en_cum[i])
+                    lz = float(zh_cum[nj] - zh_cum[j])
                     length_cost = abs(math.log(le / (EN_PER_ZH * lz)))
-                    if use_vecs:
-                        assert en_vecs is not None and zh_vecs is not None
-                        sim = _cos(en_vecs[i:ni].mean(axis=0), zh_vecs[j:nj].mean(axis=0))
-                    else:
-                        sim = 0.5
+                    sim = float(sims[di - 1][dj - 1][i, j]) if sims is not None else 0.5
                     score = sim - _LEN_WEIGHT * length_cost
                     if di + dj > 2:
                         score += _MERGE * (di + dj - 2)
-                if base + score > best[ni, nj]:
-                    best[ni, nj] = base + score
+                if base + score > best[ni][nj]:
+                    best[ni][nj] = base + score
                     back[(ni, nj)] = (i, j)
     beads: list[Bead] = []
     cur = (n, m)
@@ -131,9 +128,22 @@ def align(
     return beads
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    return float(a @ b) / (na * nb) if na and nb else 0.0
+def _span_sims(en_vecs: np.ndarray, zh_vecs: np.ndarray) -> list[list[np.ndarray]]:
+    """``sims[a-1][b-1][i, j]``: cosine of the mean of English units i..i+a-1 and the mean of
+    Chinese units j..j+b-1, for every span length a, b up to 3, in nine matrix products
+    (the DP then only looks numbers up; per-cell numpy calls made alignment 10% of ingest)."""
+
+    def spans(v: np.ndarray) -> list[np.ndarray]:
+        cum = np.concatenate([np.zeros((1, v.shape[1]), dtype=np.float64), np.cumsum(v, axis=0, dtype=np.float64)])
+        out = []
+        for d in (1, 2, 3):
+            s = cum[d:] - cum[:-d] if len(v) >= d else np.zeros((0, v.shape[1]))
+            norms = np.linalg.norm(s, axis=1, keepdims=True)
+            out.append(np.divide(s, norms, out=np.zeros_like(s), where=norms > 0))
+        return out
+
+    e, z = spans(en_vecs), spans(zh_vecs)
+    return [[e[a] @ z[b].T for b in range(3)] for a in range(3)]
 
 
 def make_passages(article: Article, en: list[list[str]], zh: list[list[str]], beads: list[Bead]) -> list[Passage]:

@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from rag.errors import BaokanError
+from rag.types import Progress
 
 EXIT_ERROR = 2
 
 
-def _progress(desc: str, unit: str) -> Callable[[Iterable[Any], int], Iterable[Any]]:
-    def wrap(items: Iterable[Any], total: int) -> Iterable[Any]:
+def _progress(desc: str, unit: str) -> Progress:
+    def wrap(items: Iterable[Path], total: int) -> Iterable[Path]:
         from tqdm import tqdm
 
         return tqdm(

@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -29,7 +29,7 @@ from rag.errors import ParseError, StoreError
 from rag.keyword import KeywordIndex
 from rag.parse import parse_text, read_text
 from rag.store import VectorStore
-from rag.types import Article, Passage
+from rag.types import Article, Passage, Progress
 
 ARTICLE_SUFFIXES = (".txt", ".md")
 BATCH_PASSAGES = 256
@@ -182,7 +182,7 @@ class Ingestor:
         self,
         paths: Sequence[str | Path],
         prune: bool = False,
-        progress: Callable[[Iterable[Path], int], Iterable[Path]] | None = None,
+        progress: Progress | None = None,
     ) -> IngestReport:
         report = IngestReport()
         self.recover(report)

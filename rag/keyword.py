@@ -204,7 +204,10 @@ class KeywordIndex:
         with self._tx() as c:
             for article_id, passages, sources in batch:
                 self._delete_passages(c, article_id)
+                title_tokens: dict[str, list[str]] = {}  # every passage repeats its article's title
                 for p in passages:
+                    if p.lang not in title_tokens:
+                        title_tokens[p.lang] = tokenize(_title(p))
                     meta = p.metadata()
                     cur = c.execute(
                         "INSERT INTO passages(key, article_id, lang, date_int, page, text, meta) "
@@ -221,7 +224,7 @@ class KeywordIndex:
                     )
                     c.execute(
                         "INSERT INTO passages_fts(rowid, tokens) VALUES (?,?)",
-                        (cur.lastrowid, " ".join(tokenize(_searchable(p)))),
+                        (cur.lastrowid, " ".join(title_tokens[p.lang] + tokenize(p.text))),
                     )
                 c.execute(
                     "UPDATE articles SET status='done', n_passages=?, updated_at=? WHERE article_id=?",
@@ -348,11 +351,10 @@ class KeywordIndex:
         return kept or terms
 
 
-def _searchable(p: Passage) -> str:
-    """Passage text plus its article's titles: a title word should find every paragraph
-    of its article a little, not only the first."""
-    title = p.title_zh if p.lang == "zh" else p.title_en
-    return f"{title}\n{p.text}"
+def _title(p: Passage) -> str:
+    """The title indexed with each passage: a title word should find every paragraph of its
+    article a little, not only the first."""
+    return p.title_zh if p.lang == "zh" else p.title_en
 
 
 def _filter_sql(flt: SearchFilter | None) -> tuple[str, list[object]]:

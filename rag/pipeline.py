@@ -7,7 +7,7 @@ that only needs the keyword index never loads the embedder.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from rag.ingest import Ingestor, IngestReport
 from rag.keyword import KeywordIndex
 from rag.retrieve import HybridRetriever, Mode, check_question
 from rag.store import VectorStore, get_store
-from rag.types import Answer, Hit, SearchFilter
+from rag.types import Answer, Hit, Progress, SearchFilter
 
 
 class Baokan:
@@ -82,7 +82,7 @@ class Baokan:
         self,
         paths: Sequence[str | Path],
         prune: bool = False,
-        progress: Callable[[Iterable[Path], int], Iterable[Path]] | None = None,
+        progress: Progress | None = None,
     ) -> IngestReport:
         ingestor = Ingestor(self.embedder, self.store, self.index, batch_passages=self.settings.embed_batch_size * 4)
         return ingestor.ingest(paths, prune=prune, progress=progress)

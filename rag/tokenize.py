@@ -10,6 +10,7 @@ import logging
 import re
 import threading
 import unicodedata
+from collections.abc import Iterator
 
 import jieba
 
@@ -18,6 +19,9 @@ _LOCK = threading.Lock()
 _READY = False
 
 _WORD_RE = re.compile(r"[\w\u3400-\u9fff]", re.UNICODE)
+_HAN_RUN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+")
+_OTHER_WORD = re.compile(r"[^\W_]+(?:\.\d+)?%?")
+"""Words outside Chinese runs: what jieba yields for them ('43.60', '30%'), ~15x faster."""
 _EN_STOP = frozenset(
     [
         "a",
@@ -177,13 +181,28 @@ def _stem(word: str) -> str:
     return word
 
 
+def _raw_tokens(text: str) -> Iterator[str]:
+    """jieba for runs of Chinese characters only; a regular expression for the rest.
+
+    jieba's word graph walks English text character by character (0.8 ms per
+    English passage, half of all keyword-indexing time) and only ends up
+    splitting it at non-word characters.
+    """
+    pos = 0
+    for m in _HAN_RUN.finditer(text):
+        yield from _OTHER_WORD.findall(text, pos, m.start())
+        yield from jieba.cut_for_search(m.group())
+        pos = m.end()
+    yield from _OTHER_WORD.findall(text, pos)
+
+
 def tokenize(text: str) -> list[str]:
     """Tokens of a text in either language (or both), lower-cased, stop words dropped."""
     if not _READY:
         _init()
     text = unicodedata.normalize("NFKC", text).lower()
     out: list[str] = []
-    for tok in jieba.cut_for_search(text):
+    for tok in _raw_tokens(text):
         tok = tok.strip()
         if not tok or not _WORD_RE.search(tok):
             continue

@@ -8,10 +8,14 @@ neighbours are built.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 Lang = Literal["en", "zh"]
+Progress = Callable[[Iterable[Path], int], Iterable[Path]]
+"""Wraps the files of an ingest run (with their count) to show progress, e.g. with tqdm."""
 
 
 @dataclass(frozen=True)

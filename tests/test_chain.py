@@ -202,3 +202,17 @@ def test_verifier_rejects_wrong_numbers_and_drops_echoed_questions(app: Baokan) 
     right = wrong.replace("200", "2,000")
     ans = v.answer("q?", f"How many suggestions did they make? {right} [1]", [factory], "openai", lang="en")
     assert not ans.refused and ans.answer == right + " [1]" and ans.support == 1.0
+
+
+def test_prompts_are_package_data_and_can_be_overridden(tmp_path: Path) -> None:
+    """A wheel install finds the prompts; BAOKAN_PROMPTS_DIR swaps them; a missing file is named."""
+    from rag.chain import PROMPTS_DIR
+    from rag.errors import BaokanError
+
+    assert (PROMPTS_DIR / "answer_en.txt").is_file() and PROMPTS_DIR.name in ("prompts", "baokan_prompts")
+    (tmp_path / "answer_en.txt").write_text("Answer from {sources} only, citing [n].", encoding="utf-8")
+    settings = Settings(prompts_dir=tmp_path)
+    assert load_prompt("answer", "en", settings.prompts_dir) == "Answer from {sources} only, citing [n]."
+    with pytest.raises(BaokanError) as err:
+        load_prompt("rewrite", "zh", settings.prompts_dir)
+    assert "rewrite_zh.txt" in str(err.value) and "BAOKAN_PROMPTS_DIR" in err.value.fix

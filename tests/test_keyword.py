@@ -78,9 +78,10 @@ def test_column_detail_index_is_upgraded_on_open(tmp_path: Path, seeds_app: Baok
     src.close()
     dst.close()
     _downgrade_to_column_detail(copy)
-    assert "detail=column" in sqlite3.connect(copy).execute(
-        "SELECT sql FROM sqlite_master WHERE name='passages_fts'"
-    ).fetchone()[0]
+    assert (
+        "detail=column"
+        in sqlite3.connect(copy).execute("SELECT sql FROM sqlite_master WHERE name='passages_fts'").fetchone()[0]
+    )
 
     upgraded = KeywordIndex(copy)
     sql = upgraded._conn.execute("SELECT sql FROM sqlite_master WHERE name='passages_fts'").fetchone()[0]
