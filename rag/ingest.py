@@ -26,7 +26,7 @@ import numpy as np
 from rag.chunk import chunk_article, flatten, split_units
 from rag.embed import Embedder
 from rag.errors import ParseError, StoreError
-from rag.keyword import KeywordIndex
+from rag.keyword import KeywordIndex, passage_tokens
 from rag.parse import parse_text, read_text
 from rag.store import VectorStore
 from rag.types import Article, Passage, Progress
@@ -51,7 +51,15 @@ class IngestReport:
     recovered: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: dict[str, float] = field(
-        default_factory=lambda: {"read": 0.0, "parse": 0.0, "embed": 0.0, "align": 0.0, "store": 0.0, "keyword": 0.0}
+        default_factory=lambda: {
+            "read": 0.0,
+            "parse": 0.0,
+            "tokenize": 0.0,
+            "embed": 0.0,
+            "align": 0.0,
+            "store": 0.0,
+            "keyword": 0.0,
+        }
     )
 
     @property
@@ -79,6 +87,7 @@ class _Pending:
     en: list[list[str]]
     zh: list[list[str]]
     replaces: bool = False
+    tokens: dict[str, list[list[str]]] = field(default_factory=dict)
 
     @property
     def texts(self) -> list[str]:
@@ -135,6 +144,9 @@ class _Read:
     article: Article | None = None
     en: list[list[str]] = field(default_factory=list)
     zh: list[list[str]] = field(default_factory=list)
+    tokens: dict[str, list[list[str]]] = field(default_factory=dict)
+    """Keyword tokens (title + piece) per language, per piece: computed here, on the
+    reader thread, while the embedder holds the cores in native code."""
     known: tuple[str, str] | None = None
     error: str = ""
     unchanged: bool = False
@@ -287,6 +299,14 @@ class Ingestor:
         except ParseError as exc:
             out.error = exc.reason
         out.seconds["parse"] = time.perf_counter() - t0
+        if out.article is not None and not out.error:
+            t0 = time.perf_counter()
+            a = out.article
+            out.tokens = {
+                "en": passage_tokens(a.title_en, flatten(out.en)),
+                "zh": passage_tokens(a.title_zh, flatten(out.zh)),
+            }
+            out.seconds["tokenize"] = time.perf_counter() - t0
         return out
 
     def _prepare(self, read: _Read, report: IngestReport, seen_ids: dict[str, str]) -> _Pending | None:
@@ -336,7 +356,7 @@ class Ingestor:
             if not self.index.sources_of(known[1]):
                 self._delete(known[1])
                 replaces = True
-        return _Pending(article, read.en, read.zh, replaces)
+        return _Pending(article, read.en, read.zh, replaces, read.tokens)
 
     def _delete(self, article_id: str) -> None:
         self.index.mark(article_id, "", "deleting")
@@ -353,12 +373,15 @@ class Ingestor:
         passages: list[Passage] = []
         rows: list[np.ndarray] = []
         per_article: list[tuple[str, list[Passage], list[tuple[str, str]]]] = []
+        tokens: dict[str, list[str]] = {}
         offset = 0
         for item in batch:
             item_vecs = vecs[offset : offset + item.size]
             offset += item.size
             ps = chunk_article(item.article, item_vecs)
             passages.extend(ps)
+            if item.tokens:  # a passage is one piece; its position indexes its language's pieces
+                tokens.update((p.key, item.tokens[p.lang][p.position]) for p in ps)
             rows.append(item_vecs)  # chunk_article keeps the order: English pieces, then Chinese
             a = item.article
             per_article.append((a.article_id, ps, [(a.source_path, a.content_hash)]))
@@ -377,7 +400,7 @@ class Ingestor:
             self.store.add(passages, matrix)
         report.seconds["store"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        self.index.commit_articles(per_article)
+        self.index.commit_articles(per_article, tokens)
         report.seconds["keyword"] += time.perf_counter() - t0
         report.articles_replaced += sum(1 for i in batch if i.replaces)
         report.articles_added += sum(1 for i in batch if not i.replaces)

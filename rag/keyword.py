@@ -17,7 +17,7 @@ import datetime as dt
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,18 +196,27 @@ class KeywordIndex:
             c.execute("DELETE FROM sources WHERE path=?", (path,))
 
     # --- passages ------------------------------------------------------------
-    def commit_articles(self, batch: list[tuple[str, list[Passage], list[tuple[str, str]]]]) -> None:
+    def commit_articles(
+        self,
+        batch: list[tuple[str, list[Passage], list[tuple[str, str]]]],
+        tokens: Mapping[str, list[str]] | None = None,
+    ) -> None:
         """Write passages and postings of whole articles and mark them done, atomically.
 
-        ``batch`` holds (article_id, passages, [(source_path, content_hash)]).
+        ``batch`` holds (article_id, passages, [(source_path, content_hash)]); ``tokens``
+        may hold a passage's keyword tokens already made by :func:`passage_tokens`.
         """
+        tokens = tokens or {}
         with self._tx() as c:
             for article_id, passages, sources in batch:
                 self._delete_passages(c, article_id)
                 title_tokens: dict[str, list[str]] = {}  # every passage repeats its article's title
                 for p in passages:
-                    if p.lang not in title_tokens:
-                        title_tokens[p.lang] = tokenize(_title(p))
+                    toks = tokens.get(p.key)
+                    if toks is None:
+                        if p.lang not in title_tokens:
+                            title_tokens[p.lang] = tokenize(_title(p))
+                        toks = title_tokens[p.lang] + tokenize(p.text)
                     meta = p.metadata()
                     cur = c.execute(
                         "INSERT INTO passages(key, article_id, lang, date_int, page, text, meta) "
@@ -224,7 +233,7 @@ class KeywordIndex:
                     )
                     c.execute(
                         "INSERT INTO passages_fts(rowid, tokens) VALUES (?,?)",
-                        (cur.lastrowid, " ".join(title_tokens[p.lang] + tokenize(p.text))),
+                        (cur.lastrowid, " ".join(toks)),
                     )
                 c.execute(
                     "UPDATE articles SET status='done', n_passages=?, updated_at=? WHERE article_id=?",
@@ -349,6 +358,12 @@ class KeywordIndex:
             )
         kept = [t for t in terms if df.get(t, 0) <= _COMMON_SHARE * total]
         return kept or terms
+
+
+def passage_tokens(title: str, texts: Sequence[str]) -> list[list[str]]:
+    """Keyword tokens of each passage text of one article and language, title first."""
+    head = tokenize(title)
+    return [head + tokenize(t) for t in texts]
 
 
 def _title(p: Passage) -> str:

@@ -1,8 +1,8 @@
 """Vector stores. Chroma (embedded or client-server) is the one shipped backend;
 this is the only module that imports chromadb.
 
-Chroma keeps only vectors and the few fields filters need (article, date,
-page, language); passage text and full metadata live in the keyword index's
+Chroma keeps only vectors and the three fields deletes and filters need
+(article, date, page); passage text and full metadata live in the keyword index's
 SQLite file, so Chroma does not build a second full-text index on ingest.
 """
 
@@ -216,8 +216,7 @@ class ChromaStore:
 
 def _meta(p: Passage) -> dict[str, Any]:
     return {
-        "article_id": p.article_id,
-        "lang": p.lang,
+        "article_id": p.article_id,  # deletes and recovery select by it; no filter needs the language
         "date_int": date_to_int(p.date),
         "page": p.page if p.page is not None else -1,
     }
