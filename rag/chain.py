@@ -63,6 +63,14 @@ PROMPT_OVERHEAD_TOKENS = 350
 """Instructions, question and chat template, on top of the sources."""
 CHARS_PER_TOKEN: dict[Lang, float] = {"en": 3.5, "zh": 0.7}
 """Conservative: English-vocabulary tokenizers (SmolLM2) spend ~1.5 tokens per Chinese character."""
+_CJK = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
+
+
+def estimate_tokens(text: str) -> float:
+    """Tokens a text costs, counted per script: an English question over a Chinese-only
+    article puts Chinese text in an English prompt (a 4,122-token prompt came from that)."""
+    cjk = len(_CJK.findall(text))
+    return cjk / CHARS_PER_TOKEN["zh"] + (len(text) - cjk) / CHARS_PER_TOKEN["en"]
 
 
 # --- prompts ----------------------------------------------------------------------
@@ -97,11 +105,12 @@ def fit_sources(hits: Sequence[Hit], lang: Lang, context_tokens: int, answer_tok
     Only these are numbered in the prompt and only these can be cited; the
     rest are still shown as retrieved sources.
     """
-    budget = (context_tokens - answer_tokens - PROMPT_OVERHEAD_TOKENS) * CHARS_PER_TOKEN[lang]
+    budget = context_tokens - answer_tokens - PROMPT_OVERHEAD_TOKENS
     out: list[Hit] = []
     used = 0.0
     for h in hits:
-        cost = len(_source_text(h, lang)) + 80
+        p = h.passage
+        cost = estimate_tokens(_source_text(h, lang) + p.title_en + p.title_zh) + 25  # tag, date, page
         if out and used + cost > budget:
             break
         out.append(h)

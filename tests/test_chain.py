@@ -180,6 +180,11 @@ def test_sources_fit_the_model_context(app: Baokan) -> None:
     small = fit_sources(hits, "zh", 1024, 64)
     big = fit_sources(hits, "zh", 32768, 400)
     assert 1 <= len(small) < len(big) == len(hits)
+    # An English prompt over Chinese-only text is costed by script, not by the question's language.
+    zh_only = [dataclasses.replace(h, linked=[]) for h in hits if h.passage.lang == "zh"]
+    fitted = fit_sources(zh_only, "en", 1024, 64)
+    assert len(fitted) >= 1
+    assert len(fitted) == 1 or len(format_sources(fitted, "en")) * 1.5 <= 1024 - 64
 
 
 def test_errors_never_carry_the_key() -> None:
