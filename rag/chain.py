@@ -61,8 +61,9 @@ SOURCE_CHARS = 900
 HISTORY_TURNS = 6
 PROMPT_OVERHEAD_TOKENS = 350
 """Instructions, question and chat template, on top of the sources."""
-CHARS_PER_TOKEN: dict[Lang, float] = {"en": 3.5, "zh": 0.7}
-"""Conservative: English-vocabulary tokenizers (SmolLM2) spend ~1.5 tokens per Chinese character."""
+CHARS_PER_TOKEN: dict[Lang, float] = {"en": 3.5, "zh": 0.45}
+"""Conservative: SmolLM2's English byte-level vocabulary spends 2.0 tokens per Chinese character
+(measured with llama.cpp's /tokenize on seeds/ text; Qwen-style vocabularies need fewer)."""
 _CJK = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
 
 
