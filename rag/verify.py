@@ -24,7 +24,6 @@ import numpy as np
 from rag.answer import refusal
 from rag.support import SupportScorer
 from rag.text import detect_lang, normalize_numbers, split_sentences
-from rag.tokenize import tokenize
 from rag.types import Answer, Citation, Hit, Lang
 
 # [1], [1, 2], [1][2], 【1】, [source 1], [^1]
@@ -70,22 +69,28 @@ class Verification:
         return sum(s.source is not None for s in judged) / len(judged)
 
 
-def numbers(text: str) -> set[int]:
-    """Numbers in ``text`` (Chinese numerals normalised; thousands separators dropped)."""
+_NUMBER = re.compile(r"(\d+(?:\.\d+)?)(?:\s*多?\s*([万千亿]))?")
+_UNIT = {"千": 1e3, "万": 1e4, "亿": 1e8}
+
+
+def numbers(text: str) -> set[float]:
+    """Numbers in ``text``: Chinese numerals normalised, thousands separators dropped, and a
+    trailing 千/万/亿 applied ("二十多万" = 200000, "1.5万" = 15000)."""
     text = re.sub(r"(?<=\d),(?=\d{3})", "", normalize_numbers(text))
-    return {int(t) for t in tokenize(text) if t.isdigit() and len(t) < 16}
-
-
-def _number_ok(n: int, source: set[int]) -> bool:
-    # "二十多万" normalises to 20 and "两千" may lose its unit: accept a dropped 千/万/亿.
-    return any(n == s or (s and n % s == 0 and n // s in (1000, 10_000, 100_000_000)) for s in source)
+    out: set[float] = set()
+    for m in _NUMBER.finditer(text):
+        value = float(m.group(1)) * _UNIT.get(m.group(2) or "", 1.0)
+        if value < 1e16:
+            out.add(round(value, 6))
+    return out
 
 
 def numbers_consistent(claim: str, source_text: str) -> bool:
     """False when the claim states a number the source does not contain (a wrong figure
-    scores high on word overlap otherwise). Sources without digits cannot be checked."""
+    scores high on word overlap otherwise: "200" against "200,000"). Sources without
+    digits cannot be checked."""
     have = numbers(source_text)
-    return not have or all(_number_ok(n, have) for n in numbers(claim))
+    return not have or numbers(claim) <= have
 
 
 def markers(text: str) -> list[int]:

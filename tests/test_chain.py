@@ -209,6 +209,20 @@ def test_verifier_rejects_wrong_numbers_and_drops_echoed_questions(app: Baokan) 
     assert not ans.refused and ans.answer == right + " [1]" and ans.support == 1.0
 
 
+def test_number_check_keeps_units() -> None:
+    """Seen from SmolLM2: "200 suggestions" cited to a passage saying 200,000 (二十多万) passed,
+    because the check let any number match a thousand-fold source number."""
+    from rag.verify import numbers, numbers_consistent
+
+    assert numbers("二十多万件") == {200000.0} and numbers("1.5万吨") == {15000.0} and numbers("两千") == {2000.0}
+    source = "the 60,000 employees put forward more than 200,000 suggestions / 六万职工提出了二十多万件建议"
+    assert not numbers_consistent("They put forward 200 suggestions.", source)
+    assert numbers_consistent("They put forward more than 200,000 suggestions.", source)
+    assert numbers_consistent("他们提出了二十多万件建议。", source)
+    assert not numbers_consistent("The record was 43.5 meters.", "broke the record of 43.60 meters, 20% more")
+    assert numbers_consistent("a record of 43.60 meters, up 20%", "broke the record of 43.60 meters, 20% more")
+
+
 def test_prompts_are_package_data_and_can_be_overridden(tmp_path: Path) -> None:
     """A wheel install finds the prompts; BAOKAN_PROMPTS_DIR swaps them; a missing file is named."""
     from rag.chain import PROMPTS_DIR
