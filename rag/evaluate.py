@@ -26,6 +26,7 @@ from typing import Any
 
 from rag import metrics
 from rag.errors import BaokanError, ConfigError
+from rag.report import COMPARE
 from rag.retrieve import MODES, make_filter
 from rag.text import detect_lang, split_sentences
 from rag.types import Answer, Hit, SearchFilter
@@ -567,20 +568,7 @@ def run_eval(
     return result
 
 
-SHOWN = (
-    "hit@1",
-    "hit@5",
-    "mrr",
-    "ndcg@10",
-    "accuracy",
-    "rejection_rate",
-    "false_refusal_rate",
-    "citation_validity",
-    "citation_recall",
-    "citation_precision",
-    "latency_p50",
-    "errors",
-)
+SHOWN = (*COMPARE, "latency_p50", "errors")
 
 
 def format_table(summary: dict[str, Any]) -> str:

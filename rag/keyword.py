@@ -210,13 +210,10 @@ class KeywordIndex:
         with self._tx() as c:
             for article_id, passages, sources in batch:
                 self._delete_passages(c, article_id)
-                title_tokens: dict[str, list[str]] = {}  # every passage repeats its article's title
                 for p in passages:
                     toks = tokens.get(p.key)
                     if toks is None:
-                        if p.lang not in title_tokens:
-                            title_tokens[p.lang] = tokenize(_title(p))
-                        toks = title_tokens[p.lang] + tokenize(p.text)
+                        toks = passage_tokens(_title(p), [p.text])[0]
                     meta = p.metadata()
                     cur = c.execute(
                         "INSERT INTO passages(key, article_id, lang, date_int, page, text, meta) "

@@ -153,30 +153,14 @@ def render_hits(hits: Sequence[Hit], full_text: FullText | None = None, heading:
     """Sources as retrieved (shown while the answer is still being written)."""
     if not hits:
         return _panel("empty", "Sources", ['<p class="none">No article matches this question and filters.</p>'])
-    cards = []
-    for n, h in enumerate(hits, 1):
-        p = h.passage
-        cards.append(
-            source_card(
-                n,
-                title_en=p.title_en,
-                title_zh=p.title_zh,
-                date=p.date.isoformat(),
-                page=p.page,
-                author=p.author,
-                column=p.column,
-                en=h.en,
-                zh=h.zh,
-                full=full_text(p.article_id) if full_text else (),
-                source_path=p.source_path,
-            )
-        )
+    cards = _cards([Citation.from_hit(n, h) for n, h in enumerate(hits, 1)], full_text)
     return _panel("retrieved", heading or f"Sources found ({len(hits)}) — writing the answer…", cards)
 
 
-def render_citations(citations: Sequence[Citation], full_text: FullText | None = None) -> str:
-    """The cited sources of a finished answer, supporting sentences highlighted."""
-    cards = [
+def _cards(citations: Sequence[Citation], full_text: FullText | None) -> list[str]:
+    """One card per source; retrieved hits come as highlight-free citations, so the layout
+    of a source is written once."""
+    return [
         source_card(
             c.n,
             title_en=c.title_en,
@@ -194,6 +178,11 @@ def render_citations(citations: Sequence[Citation], full_text: FullText | None =
         )
         for c in citations
     ]
+
+
+def render_citations(citations: Sequence[Citation], full_text: FullText | None = None) -> str:
+    """The cited sources of a finished answer, supporting sentences highlighted."""
+    cards = _cards(citations, full_text)
     return _panel("final", f"Cited sources ({len(citations)})", cards)
 
 
