@@ -9,15 +9,20 @@ This is the only module that imports sentence-transformers.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
+import queue
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
 from rag.config import Settings
-from rag.errors import ConfigError, UnknownBackendError
+from rag.errors import ConfigError, EmbedError, UnknownBackendError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -165,3 +170,195 @@ def get_embedder(settings: Settings) -> Embedder:
             label = name if name != "sentence-transformers" else f"st:{settings.embed_model}"
             _CACHE[key] = STEmbedder(model, label, batch_size=settings.embed_batch_size)
         return _CACHE[key]
+
+
+# --- ingestion workers ----------------------------------------------------------
+POOL_MIN_FILES = 200
+"""Runs with fewer files embed in-process: a worker needs ~6 s to import torch and
+load the model, which a small run would not win back."""
+POOL_MAX_WORKERS = 8
+
+
+def _broken(worker: _Worker, why: str) -> EmbedError:
+    return EmbedError(
+        f"Embedding worker {worker.proc.pid} failed: {why}.",
+        "Check free memory (each worker holds its own copy of the model, ~600 MB), or set "
+        "BAOKAN_EMBED_PROCESSES=0 to embed in the ingesting process; then re-run `baokan ingest` (it resumes).",
+    )
+
+
+class _Worker:
+    """One ``python -m rag.embed`` child: texts in on stdin, vectors out on stdout.
+
+    A plain child process rather than multiprocessing: spawn would re-run the
+    caller's main script in every worker (a script without a ``__main__`` guard
+    then fails), and fork would copy the parent's running threads mid-state.
+    The child leaves when its stdin closes, which also happens when the parent
+    is killed with SIGKILL.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "rag.embed"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._sent = 0
+        self._received = 0
+        self._results: dict[int, Any] = {}
+        self._send(settings)
+
+    def _send(self, obj: Any) -> None:
+        assert self.proc.stdin is not None
+        try:
+            pickle.dump(obj, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise _broken(
+                self, f"it stopped reading ({exc.__class__.__name__}, exit code {self.proc.poll()})"
+            ) from None
+
+    def submit(self, texts: list[str]) -> int:
+        self._send(texts)
+        self._sent += 1
+        return self._sent - 1
+
+    def result(self, job: int) -> np.ndarray:
+        assert self.proc.stdout is not None
+        while job not in self._results:  # answers come back in the order asked
+            try:
+                self._results[self._received] = pickle.load(self.proc.stdout)
+            except (EOFError, OSError, pickle.UnpicklingError):
+                raise _broken(self, f"it exited with code {self.proc.wait()}") from None
+            self._received += 1
+        out = self._results.pop(job)
+        if isinstance(out, str):  # the worker's own error message
+            raise _broken(self, out)
+        return cast(np.ndarray, out)
+
+    def close(self) -> None:
+        """Stop at once: answers not yet read are no longer wanted (and a worker still
+        loading its model would only notice the closed stdin once loaded)."""
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _serve() -> None:
+    """Worker main loop (``python -m rag.embed``); see ``_Worker``."""
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # a library's print must not corrupt the vector stream
+    settings = pickle.load(stdin)
+    try:
+        embedder: Embedder | None = get_embedder(settings)
+        failure = ""
+    except Exception as exc:  # reported as the answer to every request
+        embedder, failure = None, f"cannot load the embedder: {exc.__class__.__name__}: {exc}"
+    requests: queue.Queue[list[str] | None] = queue.Queue()
+
+    def read() -> None:
+        # Always draining stdin means the parent never blocks writing a batch while
+        # this process blocks writing vectors the parent has not read yet.
+        while True:
+            try:
+                requests.put(pickle.load(stdin))
+            except (EOFError, OSError, pickle.UnpicklingError):
+                requests.put(None)
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    while (texts := requests.get()) is not None:
+        out: Any = failure
+        if embedder is not None:
+            try:
+                out = embedder.embed(texts)
+            except Exception as exc:
+                out = f"{exc.__class__.__name__}: {exc}"
+        try:
+            pickle.dump(out, stdout, protocol=pickle.HIGHEST_PROTOCOL)
+            stdout.flush()
+        except (BrokenPipeError, OSError):  # the parent is gone
+            return
+
+
+class EmbedJob:
+    """Vectors being computed by the workers; ``result()`` waits and keeps the order."""
+
+    def __init__(self, parts: list[tuple[_Worker, int]]) -> None:
+        self._parts = parts
+
+    def result(self) -> np.ndarray:
+        arrays = [worker.result(job) for worker, job in self._parts]
+        return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+
+
+class EmbedPool:
+    """Worker processes, one BLAS thread each, that embed during ingestion.
+
+    Why processes: USE's tokenizer is pure Python and its matrix products are
+    small, so one process with two BLAS threads leaves much of the second core
+    spinning. On the 2-core machine two 1-thread processes embed ~330 passages/s
+    against ~240 for one 2-thread process; and the ingesting process's own work
+    (Chroma upserts, SQLite, jieba), which holds the GIL, then runs beside the
+    embedding instead of taking turns with it. Used from one thread.
+    """
+
+    def __init__(self, settings: Settings, workers: int) -> None:
+        self.workers = max(1, workers)
+        threads = max(1, settings.embed_threads // self.workers)
+        worker_settings = settings.model_copy(update={"embed_threads": threads, "embed_processes": 0})
+        self._workers: list[_Worker] = []
+        try:
+            for _ in range(self.workers):  # all start loading the model at once
+                self._workers.append(_Worker(worker_settings))
+        except BaseException:
+            self.close()
+            raise
+
+    def submit(self, texts: Sequence[str]) -> EmbedJob:
+        """Split ``texts`` into one contiguous part per worker and embed the parts at once."""
+        texts = list(texts)
+        size = max(1, -(-len(texts) // self.workers))
+        parts = [texts[i : i + size] for i in range(0, len(texts), size)] or [[]]
+        return EmbedJob([(w, w.submit(part)) for w, part in zip(self._workers, parts, strict=False)])
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self.submit(texts).result()
+
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self._workers]
+
+    def close(self) -> None:
+        for w in self._workers:
+            w.close()
+        self._workers = []
+
+    def __enter__(self) -> EmbedPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_pool(settings: Settings, files: int) -> EmbedPool | None:
+    """The pool ingestion should use for a run of ``files`` files, or None (embed in-process).
+
+    BAOKAN_EMBED_PROCESSES=-1 (default): one worker per core, at most 8, for runs of at
+    least POOL_MIN_FILES files on CPU; 0: never; N: always N workers.
+    """
+    n = settings.embed_processes
+    if n == 0:
+        return None
+    if n < 0:
+        cores = os.cpu_count() or 1
+        if settings.device != "cpu" or cores < 2 or files < POOL_MIN_FILES:
+            return None
+        n = min(cores, POOL_MAX_WORKERS)
+    return EmbedPool(settings, n)
+
+
+if __name__ == "__main__":
+    _serve()

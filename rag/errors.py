@@ -53,3 +53,7 @@ class StoreError(BaokanError):
 
 class LLMError(BaokanError):
     """The answer model failed (down, slow, rejected the key). Sources stay valid."""
+
+
+class EmbedError(BaokanError):
+    """The embedding workers failed (a worker died or could not load the model)."""

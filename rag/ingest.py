@@ -16,7 +16,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -24,7 +25,7 @@ from typing import Any, cast
 import numpy as np
 
 from rag.chunk import chunk_article, flatten, split_units
-from rag.embed import Embedder
+from rag.embed import Embedder, EmbedJob, EmbedPool
 from rag.errors import ParseError, StoreError
 from rag.keyword import KeywordIndex, passage_tokens
 from rag.parse import parse_text, read_text
@@ -32,10 +33,14 @@ from rag.store import VectorStore
 from rag.types import Article, Passage, Progress
 
 ARTICLE_SUFFIXES = (".txt", ".md")
-BATCH_PASSAGES = 256
+BATCH_PASSAGES = 1024
 PREFETCH_FILES = 64
 """Files read and parsed ahead of the embedder by the reader thread: bounds memory
 (at most this many parsed articles wait) while hiding file I/O behind embedding."""
+
+EMBED_AHEAD = 2
+"""Batches handed to the embedding workers beyond the one being written: enough that a
+worker finishing its part early finds the next batch waiting."""
 
 
 @dataclass
@@ -79,6 +84,14 @@ class IngestReport:
             "skipped": len(self.skipped),
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
+
+
+@dataclass
+class _Embedding:
+    """A batch whose vectors worker processes are computing."""
+
+    batch: list[_Pending]
+    job: EmbedJob
 
 
 @dataclass
@@ -159,9 +172,13 @@ _DONE = object()
 class Ingestor:
     """Runs ingestion against injected components (so tests pass small real ones).
 
-    A reader thread reads, hashes, parses and splits files into a bounded queue
-    while the calling thread embeds and writes; only the calling thread writes
-    to the stores, so the crash-safety argument stays a sequential one.
+    A reader thread reads, hashes, parses and tokenizes files into a bounded
+    queue while the calling thread embeds and writes. With an embedding pool
+    (large runs) the calling thread writes batch k while worker processes embed
+    batch k+1. Only the calling thread writes, one batch at a time and always in
+    the same order (pending, vectors, postings + done), so the crash-safety
+    argument stays a sequential one; batches still embedding when a run dies
+    were never marked and are simply embedded again.
     """
 
     def __init__(
@@ -171,12 +188,19 @@ class Ingestor:
         index: KeywordIndex,
         batch_passages: int = BATCH_PASSAGES,
         prefetch: int = PREFETCH_FILES,
+        pool_factory: Callable[[int], EmbedPool | None] | None = None,
     ) -> None:
         self.embedder = embedder
         self.store = store
         self.index = index
         self.batch_passages = batch_passages
         self.prefetch = prefetch
+        self.pool_factory = pool_factory
+        """Given a run's file count, the worker pool to embed with (or None): see rag.embed.make_pool."""
+        self._files = 0
+        self._pool: EmbedPool | None = None
+        self._pool_checked = False
+        self._embedding: deque[_Embedding] = deque()
 
     # ------------------------------------------------------------------------
     def recover(self, report: IngestReport | None = None) -> int:
@@ -200,7 +224,7 @@ class Ingestor:
         self.recover(report)
         # Only the paths are materialised (~100 bytes each); file contents stream.
         files = list(iter_files(paths, report.skipped))
-        report.files = len(files)
+        report.files = self._files = len(files)
         items = self._read_ahead(files) if self.prefetch > 0 else (self._read(p) for p in files)
         # The progress wrapper only counts what passes through it (tqdm: files/s and ETA).
         bar: Any = progress(cast(Iterable[Path], items), len(files)) if progress else None
@@ -222,10 +246,15 @@ class Ingestor:
                         bar.set_postfix(passages=report.passages, refresh=False)
             if batch:
                 self._flush(batch, report)
+            self._settle(report)
         finally:
             close = getattr(items, "close", None)
             if close:
                 close()
+            self._embedding.clear()  # after an error: unmarked batches, embedded again next run
+            if self._pool is not None:
+                self._pool.close()
+            self._pool, self._pool_checked = None, False
         if prune:
             report.removed += self.prune(paths)
         return report
@@ -336,6 +365,7 @@ class Ingestor:
             if existing.content_hash == content_hash:
                 # Same bytes already indexed: remember this path too (prune keeps the article
                 # while any of its files exists), but embed nothing.
+                self._settle(report)
                 self.index.record_source(source, content_hash, article.article_id)
                 if others:
                     report.skipped.append((str(read.path), f"duplicate of {others[0]} (same article)"))
@@ -352,6 +382,7 @@ class Ingestor:
         replaces = bool(existing)
         if known and known[1] != article.article_id:
             # The file now holds a different article: drop the old one unless another file has it.
+            self._settle(report)
             self.index.forget_source(source)
             if not self.index.sources_of(known[1]):
                 self._delete(known[1])
@@ -365,10 +396,39 @@ class Ingestor:
 
     def _flush(self, batch: list[_Pending], report: IngestReport) -> None:
         texts = [t for item in batch for t in item.texts]
-        t0 = time.perf_counter()
-        vecs = self.embedder.embed(texts) if texts else np.zeros((0, 1), dtype=np.float32)
-        report.seconds["embed"] += time.perf_counter() - t0
+        pool = self._get_pool() if texts else None
+        if pool is None:
+            self._settle(report)  # batches go to the stores in the order they were read
+            t0 = time.perf_counter()
+            vecs = self.embedder.embed(texts) if texts else np.zeros((0, 1), dtype=np.float32)
+            report.seconds["embed"] += time.perf_counter() - t0
+            self._write(batch, vecs, report)
+            return
+        # Keep the workers fed: batches k-1 and k are queued while batch k-2 is written.
+        self._embedding.append(_Embedding(batch, pool.submit(texts)))
+        while len(self._embedding) > EMBED_AHEAD:
+            self._finish_oldest(report)
 
+    def _get_pool(self) -> EmbedPool | None:
+        """Started at the first batch that needs embedding, so a re-run over unchanged files starts no workers."""
+        if not self._pool_checked:
+            self._pool_checked = True
+            self._pool = self.pool_factory(self._files) if self.pool_factory else None
+        return self._pool
+
+    def _finish_oldest(self, report: IngestReport) -> None:
+        pending = self._embedding.popleft()
+        t0 = time.perf_counter()
+        vecs = pending.job.result()
+        report.seconds["embed"] += time.perf_counter() - t0  # time spent waiting for the workers
+        self._write(pending.batch, vecs, report)
+
+    def _settle(self, report: IngestReport) -> None:
+        """Write every batch still embedding (before a write outside the batch order)."""
+        while self._embedding:
+            self._finish_oldest(report)
+
+    def _write(self, batch: list[_Pending], vecs: np.ndarray, report: IngestReport) -> None:
         t0 = time.perf_counter()
         passages: list[Passage] = []
         rows: list[np.ndarray] = []

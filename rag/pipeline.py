@@ -14,7 +14,7 @@ from typing import Any
 
 from rag.answer import ExtractiveAnswerer
 from rag.config import Settings, get_settings
-from rag.embed import Embedder, get_embedder
+from rag.embed import Embedder, get_embedder, make_pool
 from rag.ingest import Ingestor, IngestReport
 from rag.keyword import KeywordIndex
 from rag.retrieve import HybridRetriever, Mode, check_question
@@ -84,7 +84,13 @@ class Baokan:
         prune: bool = False,
         progress: Progress | None = None,
     ) -> IngestReport:
-        ingestor = Ingestor(self.embedder, self.store, self.index, batch_passages=self.settings.embed_batch_size * 4)
+        ingestor = Ingestor(
+            self.embedder,
+            self.store,
+            self.index,
+            batch_passages=self.settings.ingest_batch,
+            pool_factory=lambda files: make_pool(self.settings, files),
+        )
         return ingestor.ingest(paths, prune=prune, progress=progress)
 
     def search(

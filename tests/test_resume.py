@@ -56,9 +56,9 @@ def expected(archive: Path, tmp_path_factory: pytest.TempPathFactory) -> set[str
     return keys
 
 
-def _env(data: Path) -> dict[str, str]:
+def _env(data: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(BAOKAN_DATA_DIR=str(data), BAOKAN_EMBED_BATCH_SIZE="4", HF_HUB_OFFLINE="1")
+    env.update(BAOKAN_DATA_DIR=str(data), BAOKAN_EMBED_BATCH_SIZE="4", BAOKAN_INGEST_BATCH="16", HF_HUB_OFFLINE="1", **extra)
     return env
 
 
@@ -75,12 +75,12 @@ def _query(db: Path, sql: str) -> int:
         return 0
 
 
-def _kill_when(archive: Path, data: Path, ready: Callable[[Path], bool]) -> int:
+def _kill_when(archive: Path, data: Path, ready: Callable[[Path], bool], **env: str) -> int:
     """Start `baokan ingest`, SIGKILL it as soon as ``ready(db)``; return the passages it left."""
     db = data / "baokan.sqlite3"
     proc = subprocess.Popen(
         [*BAOKAN, "ingest", str(archive), "--json"],
-        env=_env(data),
+        env=_env(data, **env),
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -97,10 +97,10 @@ def _kill_when(archive: Path, data: Path, ready: Callable[[Path], bool]) -> int:
     return _query(db, "SELECT count(*) FROM passages")
 
 
-def _rerun(archive: Path, data: Path) -> dict[str, object]:
+def _rerun(archive: Path, data: Path, **env: str) -> dict[str, object]:
     out = subprocess.run(
         [*BAOKAN, "ingest", str(archive), "--json"],
-        env=_env(data),
+        env=_env(data, **env),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -152,3 +152,43 @@ def test_kill_while_batch_half_written_then_resume(archive: Path, expected: set[
     summary = _rerun(archive, data)
     assert summary["recovered"] == left_pending
     _assert_complete(data, expected)
+
+
+def _processes_of(data: Path) -> list[int]:
+    """Processes whose environment names this data dir: an ingest and its embedding workers."""
+    mark = f"BAOKAN_DATA_DIR={data}".encode()
+    pids = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            if mark in (p / "environ").read_bytes().split(b"\0"):
+                pids.append(int(p.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return pids
+
+
+def test_kill_with_embedding_workers_then_resume(archive: Path, expected: set[str], tmp_path: Path) -> None:
+    """Same with worker processes embedding (large runs): the killed parent's workers
+    leave on their own, and the re-run through workers completes the index."""
+    data = tmp_path / "data"
+    seen: list[int] = []
+
+    def ready(db: Path) -> bool:
+        if _query(db, "SELECT count(*) FROM passages") == 0:
+            return False
+        seen[:] = _processes_of(data)
+        return True
+
+    left = _kill_when(archive, data, ready, BAOKAN_EMBED_PROCESSES="2")
+    assert 0 < left < len(expected)
+    assert len(seen) >= 3, f"expected the ingest and 2 workers, saw {seen}"
+    deadline = time.monotonic() + 20
+    while _processes_of(data) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _processes_of(data), "embedding workers outlived the killed ingest"
+    summary = _rerun(archive, data, BAOKAN_EMBED_PROCESSES="2")
+    assert summary["unchanged"] and summary["articles"]
+    _assert_complete(data, expected)
+    assert not _processes_of(data)

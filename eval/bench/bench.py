@@ -43,6 +43,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "eval" / "bench"))
 
 from rag.config import Settings  # noqa: E402
+from rag.embed import EmbedPool, make_pool  # noqa: E402
+from rag.ingest import iter_files  # noqa: E402
 from rag.pipeline import Baokan  # noqa: E402
 
 RESULTS = REPO / "eval" / "bench" / "results"
@@ -51,6 +53,18 @@ RESULTS = REPO / "eval" / "bench" / "results"
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def children_rss_mb() -> float:
+    """RSS of this process's children: the embedding workers (and nothing else here)."""
+    total = 0
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return total * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def peak_rss_mb() -> float:
@@ -97,6 +111,7 @@ class RssProgress:
         for i, item in enumerate(items):
             if i % 50 == 0:
                 self.samples.append((i, round(rss_mb(), 1)))
+                self.workers_mb = max(getattr(self, "workers_mb", 0.0), children_rss_mb())
             yield item
 
 
@@ -139,7 +154,6 @@ def bench_search(app: Baokan, qs: list[str]) -> dict[str, Any]:
 def bare_sample(paths: list[Path], n: int) -> list[str]:
     """About ``n`` of the very texts ingestion embeds (pieces of randomly chosen files)."""
     from rag.chunk import flatten, split_units
-    from rag.ingest import iter_files
     from rag.parse import parse_file
 
     files = list(iter_files(paths, []))
@@ -162,6 +176,17 @@ def bare_embed_rate(app: Baokan, texts: list[str]) -> float:
     t0 = time.perf_counter()
     for i in range(0, len(texts), bs):
         app.embedder.embed(texts[i : i + bs])
+    return len(texts) / (time.perf_counter() - t0)
+
+
+def bare_pool_rate(pool: EmbedPool, texts: list[str], batch: int) -> float:
+    """The worker pool alone on the same texts, fed the way ingestion feeds it
+    (batches of ``batch`` split across the workers, all queued at once)."""
+    pool.embed(texts[:8])  # workers started and the model loaded before timing
+    t0 = time.perf_counter()
+    jobs = [pool.submit(texts[i : i + batch]) for i in range(0, len(texts), batch)]
+    for job in jobs:
+        job.result()
     return len(texts) / (time.perf_counter() - t0)
 
 
@@ -234,22 +259,38 @@ def main() -> None:
         else:
             # The bare embedder runs on the same texts right before and right after ingestion:
             # on a shared machine one measurement alone moved by +-10% between runs.
+            # When ingestion embeds in worker processes, the limit is that pool alone (same
+            # workers, same batches), measured the same way; both figures are kept.
             sample = bare_sample(args.paths, args.bare_sample)
-            before = bare_embed_rate(app, sample)
+            n_files = len(list(iter_files(args.paths, [])))
+            batch = app.settings.ingest_batch
+
+            def bare_rates() -> dict[str, float]:
+                rates = {"in_process": bare_embed_rate(app, sample)}
+                pool = make_pool(app.settings, n_files)
+                if pool is not None:
+                    with pool:
+                        rates[f"pool_{pool.workers}_workers"] = bare_pool_rate(pool, sample, batch)
+                return rates
+
+            before = bare_rates()
             hook = RssProgress()
             t0 = time.perf_counter()
             report = app.ingest(args.paths, progress=hook)
             wall = time.perf_counter() - t0
             passages = report.passages
-            after = bare_embed_rate(app, sample)
+            after = bare_rates()
             out["ingest"] = {
                 **report.summary(),
                 "wall_s": round(wall, 1),
                 "passages_per_s": round(report.passages / wall, 1),
                 "rss_samples": hook.samples,
+                "embed_workers_rss_mb": round(getattr(hook, "workers_mb", 0.0), 1),
             }
-            out["bare_embed_passages_per_s_before_after"] = [round(before, 1), round(after, 1)]
-            out["bare_embed_passages_per_s"] = round((before + after) / 2, 1)
+            means = {k: round((before[k] + after[k]) / 2, 1) for k in before}
+            out["bare_embed_before_after"] = {k: [round(before[k], 1), round(after[k], 1)] for k in before}
+            out["bare_embed_mean"] = means
+            out["bare_embed_passages_per_s"] = max(means.values())  # the limit: the faster way to embed
             out["ingest_vs_bare"] = round(out["ingest"]["passages_per_s"] / out["bare_embed_passages_per_s"], 2)
         out["rss_mb_after_ingest"] = round(rss_mb(), 1)
         out["search"] = bench_search(app, questions(args.questions, app, args.queries))
@@ -282,12 +323,15 @@ def print_table(o: dict[str, Any]) -> None:
         i = o["ingest"]
         rows += [
             ("ingest passages/s", f"{i['passages_per_s']}  (wall {i['wall_s']} s)"),
-            (
-                "bare embedder passages/s",
-                f"{o['bare_embed_passages_per_s']}  (before / after ingest: "
-                f"{' / '.join(map(str, o.get('bare_embed_passages_per_s_before_after', [])))})",
+            *(
+                (
+                    f"bare embedder {k.replace('_', ' ')} passages/s",
+                    f"{o['bare_embed_mean'][k]}  (before / after ingest: {' / '.join(map(str, v))})",
+                )
+                for k, v in o["bare_embed_before_after"].items()
             ),
-            ("ingest / bare", str(o["ingest_vs_bare"])),
+            ("ingest / bare (the faster)", str(o["ingest_vs_bare"])),
+            ("embedding workers RSS MB", str(i.get("embed_workers_rss_mb", 0))),
             ("time split (s)", ", ".join(f"{k} {v}" for k, v in i["seconds"].items())),
         ]
     if "reused" in o:
