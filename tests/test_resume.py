@@ -58,7 +58,9 @@ def expected(archive: Path, tmp_path_factory: pytest.TempPathFactory) -> set[str
 
 def _env(data: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(BAOKAN_DATA_DIR=str(data), BAOKAN_EMBED_BATCH_SIZE="4", BAOKAN_INGEST_BATCH="16", HF_HUB_OFFLINE="1", **extra)
+    env.update(
+        BAOKAN_DATA_DIR=str(data), BAOKAN_EMBED_BATCH_SIZE="4", BAOKAN_INGEST_BATCH="16", HF_HUB_OFFLINE="1", **extra
+    )
     return env
 
 
