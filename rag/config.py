@@ -71,7 +71,7 @@ class Settings(BaseSettings):
         default=-1,
         ge=-1,
         description="Worker processes that embed during ingestion (one BLAS thread each, "
-        "embed_threads split among them). -1: one per core, at most 8, for runs of 200+ files on CPU; "
+        "embed_threads split among them). -1: one per core, at most 8, for runs of 500+ files on CPU; "
         "0: embed in the ingesting process; N: always N workers.",
     )
     device: str = Field(default="cpu", description="Torch device for sentence-transformers models: cpu, cuda, auto.")
