@@ -30,13 +30,15 @@ TEXTS = [
 def _workers() -> set[int]:
     """This process's embedding workers (`python -m rag.embed` children)."""
     pids: set[int] = set()
-    for task in Path("/proc/self/task").iterdir():
-        for pid in (task / "children").read_text().split():
-            try:
-                if b"rag.embed" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    pids.add(int(pid))
-            except OSError:  # exited meanwhile
-                continue
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == os.getpid() and b"rag.embed" in (proc / "cmdline").read_bytes():
+                pids.add(int(proc.name))
+        except (OSError, ValueError, IndexError):  # exited meanwhile
+            continue
     return pids
 
 

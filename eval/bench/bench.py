@@ -59,10 +59,14 @@ def children_rss_mb() -> float:
     """RSS of this process's children: the embedding workers (and nothing else here)."""
     total = 0
     for task in Path("/proc/self/task").iterdir():
-        for pid in (task / "children").read_text().split():
+        try:  # a thread (or child) may end between listing and reading
+            pids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for pid in pids:
             try:
                 total += int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-            except (FileNotFoundError, ProcessLookupError):
+            except OSError:
                 continue
     return total * os.sysconf("SC_PAGE_SIZE") / 2**20
 
