@@ -85,6 +85,13 @@ class Settings(BaseSettings):
         default=3, ge=1, le=20, description="Best passages kept per article (stops crowding)."
     )
     candidates: int = Field(default=60, ge=1, le=2000, description="Passages fetched from each index before fusion.")
+    bm25_postings_budget: int = Field(
+        default=100_000,
+        ge=0,
+        description="On large indexes a keyword query keeps its rarest terms while their document counts "
+        "sum to at most this (FTS5 scores every posting: 114 -> 56 ms p50 at 1M passages, top-10 overlap "
+        "0.96 with exact BM25). 0: always use every term.",
+    )
     rrf_k: int = Field(default=60, ge=1, description="Reciprocal-rank-fusion constant.")
     min_evidence: float = Field(
         default=0.35,

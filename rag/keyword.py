@@ -66,6 +66,12 @@ _MAX_QUERY_TERMS = 48
 _COMMON_SHARE = 0.4
 """Terms in more than this share of passages add almost nothing to BM25 but make
 FTS5 score huge posting lists; they are dropped from queries on large indexes."""
+POSTINGS_BUDGET = 100_000
+"""FTS5 scores every posting of every query term (~0.6 µs each), so on large indexes
+a query keeps its rarest terms while their document counts sum to at most this
+(and at least its 3 rarest). Measured at 1M passages on 60 twelve-word queries:
+BM25 p50/p95 114/222 ms exact, 56/91 ms with this budget, top-10 overlap with the
+exact ranking 0.96, same top hit 54/60. Below ~150k passages it rarely applies."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +84,9 @@ class ArticleState:
 class KeywordIndex:
     """BM25 over both languages plus the manifest of what is indexed."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, postings_budget: int = POSTINGS_BUDGET) -> None:
         self.path = Path(path)
+        self.postings_budget = postings_budget
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30.0)
@@ -353,8 +360,17 @@ class KeywordIndex:
             df = dict(
                 self._conn.execute(f"SELECT term, doc FROM passages_vocab WHERE term IN ({marks})", terms).fetchall()
             )
-        kept = [t for t in terms if df.get(t, 0) <= _COMMON_SHARE * total]
-        return kept or terms
+        kept = [t for t in terms if df.get(t, 0) <= _COMMON_SHARE * total] or terms
+        if self.postings_budget <= 0:
+            return kept
+        out: list[str] = []
+        postings = 0
+        for t in sorted(kept, key=lambda t: df.get(t, 0)):  # rarest first: they carry BM25
+            if len(out) >= 3 and postings + df.get(t, 0) > self.postings_budget:
+                break
+            out.append(t)
+            postings += df.get(t, 0)
+        return out
 
 
 def passage_tokens(title: str, texts: Sequence[str]) -> list[list[str]]:

@@ -57,7 +57,7 @@ class Baokan:
     def index(self) -> KeywordIndex:
         with self._lock:
             if self._index is None:
-                self._index = KeywordIndex(self.settings.index_path)
+                self._index = KeywordIndex(self.settings.index_path, self.settings.bm25_postings_budget)
             return self._index
 
     @cached_property

@@ -93,3 +93,41 @@ def test_column_detail_index_is_upgraded_on_open(tmp_path: Path, seeds_app: Baok
         assert got == want and want, q
     upgraded.close()
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _article(n: int, paragraphs: list[str]) -> str:
+    body = "\n\n".join(paragraphs)
+    return (
+        f"Title: Report number {n}\nAuthor: Staff\nDate: 1960-01-{1 + n % 28:02d}\nPage: 1\n\n{body}\n\n<hr />\n\n"
+        f"Original:\n\n### 报告{n}\n\n第1版()\n\n"
+        + "\n\n".join(
+            f"第{n}篇第{i}段。" + "这是一段足够长的中文内容，用来保持段落独立。" * 6 for i in range(len(paragraphs))
+        )
+    )
+
+
+def test_postings_budget_keeps_the_rarest_terms(tmp_path: Path) -> None:
+    """On a large index a long query is cut to its rarest terms (FTS5 scores every
+    posting); the passage holding all terms still ranks first, and no hit is matched
+    only by a dropped common term."""
+    exact = KeywordIndex(tmp_path / "k.sqlite3", postings_budget=0)
+    rows = []
+    for n in range(300):  # 300 articles x 10 paragraphs x 2 languages = 6000 passages
+        paras = []
+        for i in range(10):
+            j = n * 10 + i
+            words = ["alpha"] * (j % 3 == 0) + ["beta"] * (j % 4 == 0) + ["gamma"] * (j % 150 == 0)
+            words += ["delta"] * (j % 400 == 0) + ["epsilon"] * (j == 1200) + [f"w{j}x{k}" for k in range(40)]
+            paras.append(" ".join(words) + ".")
+        article = parse_text(_article(n, paras), source_path=f"/test/{n}.md")
+        rows.append((article.article_id, chunk_article(article), [(article.source_path, article.content_hash)]))
+    exact.commit_articles(rows)
+    assert exact.counts()["passages"] >= 5000
+    budgeted = KeywordIndex(tmp_path / "k.sqlite3", postings_budget=50)
+    query = "alpha beta gamma delta epsilon"
+    full, cut = exact.search(query, 40), budgeted.search(query, 40)
+    assert "epsilon" in full[0][0].text and cut[0][0].key == full[0][0].key
+    assert all(any(w in p.text for w in ("gamma", "delta", "epsilon")) for p, _ in cut)
+    assert any(not any(w in p.text for w in ("gamma", "delta", "epsilon")) for p, _ in full)
+    exact.close()
+    budgeted.close()
