@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     embed_processes: int = Field(
         default=-1,
         ge=-1,
+        le=32,
         description="Worker processes that embed during ingestion (one BLAS thread each, "
         "embed_threads split among them). -1: one per core, at most 8, for runs of 500+ files on CPU; "
         "0: embed in the ingesting process; N: always N workers.",

@@ -330,9 +330,6 @@ class EmbedPool:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.submit(texts).result()
 
-    def pids(self) -> list[int]:
-        return [w.proc.pid for w in self._workers]
-
     def close(self) -> None:
         for w in self._workers:
             w.close()

@@ -175,7 +175,7 @@ class Ingestor:
     A reader thread reads, hashes, parses and tokenizes files into a bounded
     queue while the calling thread embeds and writes. With an embedding pool
     (large runs) the calling thread writes batch k while worker processes embed
-    batch k+1. Only the calling thread writes, one batch at a time and always in
+    the next ones. Only the calling thread writes, one batch at a time and always in
     the same order (pending, vectors, postings + done), so the crash-safety
     argument stays a sequential one; batches still embedding when a run dies
     were never marked and are simply embedded again.

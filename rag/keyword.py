@@ -330,7 +330,7 @@ class KeywordIndex:
         terms = list(dict.fromkeys(tokenize(query)))[:_MAX_QUERY_TERMS]
         if not terms:
             return []
-        terms = self._drop_common(terms)
+        terms = self._prune_terms(terms)
         match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
         where, args = _filter_sql(flt)
         if where:  # the filter needs each match's date and page: join before ranking
@@ -351,7 +351,8 @@ class KeywordIndex:
                 raise StoreError(f"Keyword search failed: {exc}.", "Re-run `baokan ingest`.") from None
         return [(Passage.from_metadata(key, text, json.loads(meta)), -float(s)) for key, text, meta, s in rows]
 
-    def _drop_common(self, terms: list[str]) -> list[str]:
+    def _prune_terms(self, terms: list[str]) -> list[str]:
+        """On large indexes: drop terms in most passages, then keep the rarest within the postings budget."""
         with self._lock:
             total = self._conn.execute("SELECT max(id) FROM passages").fetchone()[0] or 0
             if total < 5000:

@@ -110,12 +110,14 @@ class RssProgress:
 
     def __init__(self) -> None:
         self.samples: list[tuple[int, float]] = []
+        self.workers_mb = 0.0
+        """Largest RSS the embedding workers reached, summed over the workers."""
 
     def __call__(self, items: Iterable[Any], total: int) -> Iterator[Any]:
         for i, item in enumerate(items):
             if i % 50 == 0:
                 self.samples.append((i, round(rss_mb(), 1)))
-                self.workers_mb = max(getattr(self, "workers_mb", 0.0), children_rss_mb())
+                self.workers_mb = max(self.workers_mb, children_rss_mb())
             yield item
 
 
@@ -289,7 +291,7 @@ def main() -> None:
                 "wall_s": round(wall, 1),
                 "passages_per_s": round(report.passages / wall, 1),
                 "rss_samples": hook.samples,
-                "embed_workers_rss_mb": round(getattr(hook, "workers_mb", 0.0), 1),
+                "embed_workers_rss_mb": round(hook.workers_mb, 1),
             }
             means = {k: round((before[k] + after[k]) / 2, 1) for k in before}
             out["bare_embed_before_after"] = {k: [round(before[k], 1), round(after[k], 1)] for k in before}
